@@ -1,0 +1,70 @@
+"""Where packages, app data and caches live: the one path resolver for every component.
+
+Deviation from the reference (§11.2 item 12): app data lives *outside* the package
+directory, so uninstalling or re-verifying a package never touches user data.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from weft.errors import WeftError
+from weft.manifest import MANIFEST_NAME, require_app_id
+
+SYSTEM_STORE = Path("/usr/share/weft/apps")
+
+
+class StorePaths(BaseModel):
+    """Resolved once from the environment at a program's entry point and passed down."""
+
+    model_config = ConfigDict(frozen=True)
+    roots: tuple[Path, ...]
+    install_root: Path | None
+    app_data_root: Path | None
+    cache_root: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "StorePaths":
+        home = Path(env["HOME"]) if env.get("HOME") else None
+        data_home = Path(env["XDG_DATA_HOME"]) if env.get("XDG_DATA_HOME") else (
+            home / ".local/share" if home else None)
+        cache_home = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else (
+            home / ".cache" if home else Path("/var/cache"))
+        user_store = data_home / "weft/apps" if data_home else None
+        if env.get("WEFT_APP_STORE"):
+            store = Path(env["WEFT_APP_STORE"])
+            roots: tuple[Path, ...] = (store,)
+            install_root: Path | None = store
+        else:
+            roots = tuple(p for p in (user_store, SYSTEM_STORE) if p is not None)
+            install_root = user_store
+        if env.get("WEFT_APP_DATA"):
+            app_data_root: Path | None = Path(env["WEFT_APP_DATA"])
+        else:
+            app_data_root = data_home / "weft/app-data" if data_home else None
+        return cls(roots=roots, install_root=install_root, app_data_root=app_data_root,
+                   cache_root=Path(env.get("WEFT_CACHE_DIR") or cache_home / "weft"))
+
+    def require_install_root(self) -> Path:
+        if self.install_root is None:
+            raise WeftError("no install location: set WEFT_APP_STORE or HOME")
+        return self.install_root
+
+    def find_package(self, app_id: str) -> Path:
+        """First store root holding `<app_id>/wapp.toml`."""
+        require_app_id(app_id)
+        for root in self.roots:
+            candidate = root / app_id
+            if (candidate / MANIFEST_NAME).is_file():
+                return candidate
+        raise WeftError(f"package '{app_id}' not found in any package store "
+                        f"({', '.join(map(str, self.roots)) or 'none configured'})")
+
+    def app_data_dir(self, app_id: str) -> Path:
+        require_app_id(app_id)
+        if self.app_data_root is None:
+            raise WeftError("no app data location: set WEFT_APP_DATA or HOME")
+        return self.app_data_root / app_id
