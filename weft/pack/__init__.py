@@ -1,0 +1,1 @@
+"""weft-pack: app packages (manifest checks, signing, store, bundles) and signed `.wapp` app images."""
