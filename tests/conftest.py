@@ -1,0 +1,71 @@
+"""Shared fixtures: a sample app package on disk and a publisher key pair.
+
+`make_package(...)` is reusable by any test that needs a real package directory.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import pytest
+
+WASM_COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"  # magic + component-model layer/version
+INDEX_HTML = "<!doctype html><title>Notes</title><h1>Notes</h1>\n"
+
+
+def write_package(directory: Path, *, app_id: str = "com.example.notes", version: str = "1.0.0",
+                  name: str = "Notes", capabilities: Iterable[str] = ("fs:rw:app-data",),
+                  files: Mapping[str, bytes] | None = None) -> Path:
+    """Create a valid package in `directory` (manifest, app.wasm, ui/index.html, extra files)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    caps = ", ".join(f'"{c}"' for c in capabilities)
+    (directory / "wapp.toml").write_text(
+        f'[package]\nid = "{app_id}"\nname = "{name}"\nversion = "{version}"\n'
+        f'description = "A sample app"\ncapabilities = [{caps}]\n\n'
+        f'[runtime]\nmodule = "app.wasm"\n\n[ui]\nentry = "ui/index.html"\n')
+    (directory / "app.wasm").write_bytes(WASM_COMPONENT_HEADER + b"\0" * 56)
+    (directory / "ui").mkdir(exist_ok=True)
+    (directory / "ui" / "index.html").write_text(INDEX_HTML)
+    for rel, content in (files or {}).items():
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        (directory / rel).write_bytes(content)
+    return directory
+
+
+@pytest.fixture
+def make_package(tmp_path: Path) -> Callable[..., Path]:
+    """make_package(app_id=..., version=..., files={...}) -> a fresh package directory."""
+    counter = iter(range(1_000_000))
+
+    def make(**kwargs) -> Path:
+        return write_package(tmp_path / f"pkg{next(counter)}" / kwargs.get("app_id", "com.example.notes"),
+                             **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def sample_package(make_package) -> Path:
+    return make_package()
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> tuple[Path, Path]:
+    """(private key file, public key file) as `weft-pack generate-key` writes them."""
+    from weft.pack.keys import generate_keypair
+
+    return generate_keypair(tmp_path / "keys")
+
+
+@pytest.fixture
+def other_keypair(tmp_path: Path) -> tuple[Path, Path]:
+    from weft.pack.keys import generate_keypair
+
+    return generate_keypair(tmp_path / "other-keys")
+
+
+@pytest.fixture
+def store_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose package store and app data live under tmp_path."""
+    return {"HOME": str(tmp_path / "home"), "WEFT_APP_STORE": str(tmp_path / "store"),
+            "WEFT_APP_DATA": str(tmp_path / "app-data")}

@@ -1,0 +1,167 @@
+"""`.app.tar.zst` bundles: a tar of `<id>/…` compressed with zstd, extracted defensively.
+
+Bundles we write are reproducible: entries sorted, symlinks inside the package stored as the
+files they point to, owner root, mtime 0, modes 0644/0755. Extraction accepts only
+directories, regular files and relative symlinks without `..`; it refuses absolute paths,
+`..`, members below a symlink, links leaving the package, devices and fifos, and caps the
+total size, so a hostile archive cannot write outside its target.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import zstandard
+
+from weft.errors import WeftError
+from weft.manifest import is_valid_app_id
+from weft.pack.check import check_package
+from weft.pack.tree import walk_package
+
+BUNDLE_SUFFIX = ".app.tar.zst"
+MAX_MEMBERS = 100_000
+MAX_TOTAL_BYTES = 8 << 30
+ZSTD_LEVEL = 3
+
+
+class BundleError(WeftError):
+    """The archive is malformed or tries to escape its target."""
+
+
+def is_bundle_path(path: str | os.PathLike[str]) -> bool:
+    name = Path(path).name
+    return name.endswith((BUNDLE_SUFFIX, ".tar.zst")) and Path(path).is_file()
+
+
+def bundle_package(package_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    manifest = check_package(package_dir)
+    out = Path(out_dir) / f"{manifest.app_id}{BUNDLE_SUFFIX}"
+    if out.exists():
+        raise BundleError(f"{out} already exists")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".bundle-", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as raw, zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(raw) as zst:
+            with tarfile.open(fileobj=zst, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                _add_tree(tar, manifest.app_id, walk_package(package_dir))
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return out
+
+
+def _add_tree(tar: tarfile.TarFile, top: str, files) -> None:
+    directories = sorted({top} | {f"{top}/{parent}" for f in files
+                                  for parent in map(str, PurePosixPath(f.rel).parents) if parent != "."})
+    for name in directories:
+        tar.addfile(_member(name, tarfile.DIRTYPE, 0o755, 0))
+    for f in files:
+        with open(f.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            tar.addfile(_member(f"{top}/{f.rel}", tarfile.REGTYPE, 0o755 if f.executable else 0o644, size), fh)
+
+
+def _member(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.mtime = kind, mode, size, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def unbundle(archive: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Extract a bundle into `out_dir/<id>`; returns that directory. Atomic: all or nothing."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".unbundle-", dir=out))
+    try:
+        top = _extract(archive, staging)
+        target = out / top
+        if target.exists():
+            raise BundleError(f"{target} already exists")
+        os.rename(staging / top, target)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _extract(archive: str | os.PathLike[str], dest: Path) -> str:
+    top: str | None = None
+    links: set[PurePosixPath] = set()
+    total = members = 0
+    try:
+        with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zst, \
+                tarfile.open(fileobj=zst, mode="r|") as tar:
+            for member in tar:
+                members += 1
+                total += max(member.size, 0)
+                if members > MAX_MEMBERS or total > MAX_TOTAL_BYTES:
+                    raise BundleError("archive is too large")
+                name = _safe_name(member.name, links)
+                if top is None:
+                    top = name.parts[0]
+                    if not is_valid_app_id(top):
+                        raise BundleError(f"archive top directory '{top}' is not a valid app ID")
+                if name.parts[0] != top:
+                    raise BundleError("archive holds more than one top-level directory")
+                _extract_member(tar, member, name, dest, links)
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        raise BundleError(f"{os.fspath(archive)} is not a valid bundle: {exc}") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {os.fspath(archive)}: {exc.strerror or exc}") from None
+    if top is None:
+        raise BundleError(f"{os.fspath(archive)} is empty")
+    return top
+
+
+def _safe_name(raw: str, links: set[PurePosixPath]) -> PurePosixPath:
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if raw.startswith("/") or not parts or ".." in parts or "\0" in raw:
+        raise BundleError(f"unsafe path in archive: '{raw}'")
+    name = PurePosixPath(*parts)
+    if any(parent in links for parent in name.parents):
+        raise BundleError(f"'{raw}' lies below a symlink in the archive")
+    return name
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: PurePosixPath, dest: Path,
+                    links: set[PurePosixPath]) -> None:
+    path = dest / name
+    if member.isdir():
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    elif member.isreg():
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        mode = 0o755 if member.mode & 0o111 else 0o644
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except FileExistsError:
+            raise BundleError(f"'{member.name}' appears twice in the archive") from None
+        with os.fdopen(fd, "wb") as out, tar.extractfile(member) as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+    elif member.issym():
+        target = member.linkname
+        if target.startswith("/") or ".." in target.split("/") or not target:
+            raise BundleError(f"symlink '{member.name}' -> '{target}' leaves the package")
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            os.symlink(target, path)
+        except FileExistsError:
+            raise BundleError(f"'{member.name}' appears twice in the archive") from None
+        links.add(name)
+    else:
+        raise BundleError(f"'{member.name}' is a {_kind(member)}; bundles hold only files, directories and symlinks")
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.islnk():
+        return "hard link"
+    if member.isfifo():
+        return "fifo"
+    if member.isdev():
+        return "device file"
+    return "special file"

@@ -1,0 +1,238 @@
+"""`weft-pack`: check, sign, bundle, install and image WEFT app packages."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.errors import UsageError
+from weft.manifest import load_manifest
+from weft.store import StorePaths
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def cmd_check(args) -> int:
+    from weft.pack.check import check_package
+
+    check_package(args.dir)
+    _out("OK")
+    return 0
+
+
+def cmd_info(args) -> int:
+    m = load_manifest(args.dir)
+    p = m.package
+    if args.json:
+        _out(json.dumps({"id": p.id, "name": p.name, "version": p.version, "description": p.description,
+                         "author": p.author, "module": m.runtime.module, "ui": m.ui.entry,
+                         "capabilities": list(p.capabilities)}, indent=2))
+        return 0
+    rows = [("id", p.id), ("name", p.name), ("version", p.version), ("desc", p.description),
+            ("author", p.author), ("module", m.runtime.module), ("ui", m.ui.entry)]
+    rows += [("cap", cap) for cap in p.capabilities]
+    for label, value in rows:
+        if value is not None:
+            _out(f"{label + ':':<8} {value}")
+    return 0
+
+
+def cmd_generate_key(args) -> int:
+    from weft.pack.keys import generate_keypair
+
+    private, public = generate_keypair(args.dir)
+    _out(f"private key: {private}")
+    _out(f"public key:  {public}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from weft.pack.keys import load_signing_key
+    from weft.pack.signing import sign_package
+
+    _out(f"signed: {sign_package(args.dir, load_signing_key(args.key))}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from weft.pack.keys import load_verify_key
+    from weft.pack.signing import verify_package
+
+    verify_package(args.dir, load_verify_key(args.key))
+    _out("OK")
+    return 0
+
+
+def cmd_install(args) -> int:
+    from weft.pack.install import install_package
+    from weft.pack.keys import load_verify_key
+
+    if args.require_signature and not args.key:
+        raise UsageError("--require-signature needs --key PUB")
+    if args.key and not args.require_signature:
+        raise UsageError("--key is only used with --require-signature")
+    key = load_verify_key(args.key) if args.require_signature else None
+    app = install_package(args.source, StorePaths.from_env(), trusted_key=key)
+    _out(f"installed {app.id} -> {app.path}")
+    return 0
+
+
+def cmd_uninstall(args) -> int:
+    from weft.pack.install import uninstall_package
+
+    uninstall_package(args.app_id, StorePaths.from_env(), purge=args.purge)
+    _out(f"uninstalled {args.app_id}" + (" (data purged)" if args.purge else ""))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from weft.pack.install import list_packages
+
+    apps = list_packages(StorePaths.from_env())
+    if args.json:
+        _out(json.dumps([a.model_dump(mode="json") for a in apps], indent=2))
+    elif not apps:
+        _out("no packages installed")
+    else:
+        for app in apps:
+            _out(f"{app.id}  {app.name}  {app.version}")
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    from weft.pack.bundle import bundle_package
+
+    _out(f"bundled: {bundle_package(args.dir, args.out)}")
+    return 0
+
+
+def cmd_unbundle(args) -> int:
+    from weft.pack.bundle import unbundle
+
+    _out(f"unbundled: {args.archive} -> {unbundle(args.archive, args.out)}")
+    return 0
+
+
+def _source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not value.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a non-negative integer, got '{value}'")
+    return int(value)
+
+
+def cmd_build_image(args) -> int:
+    from weft.pack.image import build_image
+    from weft.pack.keys import load_signing_key
+
+    out = build_image(args.dir, load_signing_key(args.key), args.out, force=args.force,
+                      timestamp=_source_date_epoch())
+    _out(f"image: {out}")
+    return 0
+
+
+def _trusted_keys(args) -> list:
+    from weft.pack.footer import load_trusted_keys
+    from weft.pack.keys import load_verify_key
+
+    keys = [load_verify_key(k) for k in args.key or []]
+    if args.trusted_keys:
+        keys += load_trusted_keys(args.trusted_keys)
+    if not keys:
+        raise UsageError("give --key PUB or --trusted-keys DIR")
+    return keys
+
+
+def cmd_verify_image(args) -> int:
+    from weft.pack.image import verify_image
+
+    signed = verify_image(args.image, _trusted_keys(args), expected_app_id=args.app_id)
+    _out(f"OK {signed.footer.app_id} {signed.footer.version} root hash {signed.footer.verity.root_hash}")
+    return 0
+
+
+def cmd_inspect_image(args) -> int:
+    from weft.pack.footer import read_footer
+    from weft.pack.image import describe
+
+    info = describe(read_footer(args.image))
+    if args.json:
+        _out(json.dumps(info, indent=2))
+        return 0
+    verity = info.pop("verity")
+    for label, value in list(info.items()) + [(f"verity.{k}", v) for k, v in verity.items()]:
+        _out(f"{label + ':':<24} {value}")
+    _out("(signature not checked; use verify-image)")
+    return 0
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="weft-pack", description=__doc__)
+    add_debug_flag(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
+
+    def command(name: str, func, help: str) -> ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        add_debug_flag(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("check", cmd_check, "validate a package directory (manifest, module, UI entry)")
+    p.add_argument("dir", type=Path)
+    p = command("info", cmd_info, "show a package's manifest")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command("generate-key", cmd_generate_key, "create weft-sign.key (mode 0600) and weft-sign.pub")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("."))
+    p = command("sign", cmd_sign, "write DIR/signature.sig (Ed25519 over the canonical bundle hash)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--key", required=True, type=Path, help="private key file (weft-sign.key)")
+    p = command("verify", cmd_verify, "check DIR/signature.sig against a public key")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--key", required=True, type=Path, help="public key file (weft-sign.pub)")
+    p = command("install", cmd_install, "install a package directory or .app.tar.zst bundle atomically")
+    p.add_argument("source", type=Path)
+    p.add_argument("--require-signature", action="store_true", help="refuse unsigned or wrongly signed packages")
+    p.add_argument("--key", type=Path, help="public key for --require-signature")
+    p = command("uninstall", cmd_uninstall, "remove an installed package (its data stays unless --purge)")
+    p.add_argument("app_id")
+    p.add_argument("--purge", action="store_true", help="also delete the app's data directory")
+    p = command("list", cmd_list, "list installed packages")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command("bundle", cmd_bundle, "write <id>.app.tar.zst from a package directory")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--out", type=Path, default=Path("."), help="output directory (default: .)")
+    p = command("unbundle", cmd_unbundle, "safely extract a .app.tar.zst bundle into OUT/<id>")
+    p.add_argument("archive", type=Path)
+    p.add_argument("--out", type=Path, default=Path("."), help="output directory (default: .)")
+    p = command("build-image", cmd_build_image, "build a signed, reproducible <id>-<version>.wapp app image")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--key", required=True, type=Path, help="publisher private key (weft-sign.key)")
+    p.add_argument("--out", type=Path, help="image file (default: ./<id>-<version>.wapp)")
+    p.add_argument("--force", action="store_true", help="replace an existing image file")
+    p = command("verify-image", cmd_verify_image, "check an app image's signature, footer and every block")
+    p.add_argument("image", type=Path)
+    p.add_argument("--key", type=Path, action="append", help="trusted public key (repeatable)")
+    p.add_argument("--trusted-keys", type=Path, help="directory of trusted *.pub keys")
+    p.add_argument("--app-id", help="fail unless the image is for this app id")
+    p = command("inspect-image", cmd_inspect_image, "print an app image's footer (no verification)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Package signatures, exactly the reference scheme (§2.5) so existing signatures verify.
+
+digest = SHA-256 over "<rel>\\t<sha256 hex>\\n" for every file sorted by path, skipping the
+top-level signature.sig; the signature is Ed25519 over the 32 raw digest bytes, stored as
+128 lowercase hex chars without a newline.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from weft.errors import WeftError
+from weft.manifest import SIGNATURE_NAME
+from weft.pack.tree import walk_package
+
+READ_BYTES = 1 << 20
+
+
+class SignatureError(WeftError):
+    """The package is unsigned, or its signature does not verify."""
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def bundle_digest(package_dir: str | os.PathLike[str]) -> bytes:
+    lines = [f"{f.rel}\t{_file_sha256(f.path)}\n" for f in walk_package(package_dir) if f.rel != SIGNATURE_NAME]
+    return hashlib.sha256("".join(lines).encode("utf-8")).digest()
+
+
+def sign_package(package_dir: str | os.PathLike[str], key: SigningKey) -> Path:
+    signature = key.sign(bundle_digest(package_dir)).signature
+    path = Path(package_dir) / SIGNATURE_NAME
+    path.write_text(signature.hex(), encoding="ascii")
+    return path
+
+
+def read_signature(package_dir: str | os.PathLike[str]) -> bytes:
+    path = Path(package_dir) / SIGNATURE_NAME
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        raise SignatureError(f"package is not signed ({SIGNATURE_NAME} missing)") from None
+    except OSError as exc:
+        raise SignatureError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise SignatureError("decode signature: expected 128 hex chars") from None
+    if len(raw) != 64:
+        raise SignatureError("signature must be 64 bytes")
+    return raw
+
+
+def verify_package(package_dir: str | os.PathLike[str], key: VerifyKey) -> None:
+    signature = read_signature(package_dir)
+    try:
+        key.verify(bundle_digest(package_dir), signature)
+    except BadSignatureError:
+        raise SignatureError("INVALID signature") from None
