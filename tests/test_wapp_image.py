@@ -1,0 +1,204 @@
+"""`.wapp` app images: reproducible builds, full verification, precise failure names, fuzzed footer."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from weft.pack.footer import (TRAILER, FooterError, FooterSignatureError, load_trusted_keys, parse_footer,
+                              read_footer, verify_footer_signature)
+from weft.pack.image import ImageError, build_image, image_uuid, verify_image
+from weft.pack.keys import load_signing_key, load_verify_key
+
+pytestmark = pytest.mark.skipif(shutil.which("mkfs.erofs") is None, reason="erofs-utils not installed")
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture
+def image(make_package, keypair, tmp_path):
+    package = make_package(files={"assets/blob.bin": os.urandom(300_000), "bin/tool": b"#!/bin/sh\n"})
+    os.chmod(package / "bin" / "tool", 0o755)
+    return build_image(package, load_signing_key(keypair[0]), tmp_path / "out" / "com.example.notes-1.0.0.wapp",
+                       progress=_quiet)
+
+
+@pytest.fixture
+def trusted(keypair):
+    return [load_verify_key(keypair[1])]
+
+
+def _patch(path, offset, data: bytes):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
+def _flip(path, offset):
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+    _patch(path, offset, bytes([byte[0] ^ 0x01]))
+
+
+def test_image_verifies_and_has_the_documented_layout(image, trusted):
+    signed = verify_image(image, trusted)
+    f = signed.footer
+    assert (f.app_id, f.version) == ("com.example.notes", "1.0.0")
+    assert f.data_size % 4096 == 0 and f.verity.hash_offset == f.data_size
+    assert f.verity.uuid == str(image_uuid("com.example.notes", "1.0.0"))
+    raw = image.read_bytes()
+    assert raw[1024:1028] == bytes.fromhex("e2e1f5e0")  # EROFS superblock magic at 1 KiB
+    assert raw[f.data_size:f.data_size + 8] == b"verity\0\0"
+    assert raw[-TRAILER.size:-8] == b"WEFTWAPP"
+    assert f.footer_offset + len(signed.body) + 64 + TRAILER.size == len(raw)
+
+
+def test_veritysetup_accepts_the_embedded_hash_tree(image):
+    if shutil.which("veritysetup") is None:
+        pytest.skip("veritysetup not installed")
+    f = read_footer(image).footer
+    subprocess.run(["veritysetup", "verify", str(image), str(image), f.verity.root_hash,
+                    f"--hash-offset={f.verity.hash_offset}"], check=True, capture_output=True)
+
+
+def test_two_builds_are_byte_identical(make_package, keypair, tmp_path):
+    package = make_package(files={"data/a.txt": b"a" * 10_000})
+    key = load_signing_key(keypair[0])
+    first = build_image(package, key, tmp_path / "1.wapp", progress=_quiet)
+    os.utime(package / "data" / "a.txt", (0, 0))  # mtimes, staging dirs and umask must not matter
+    os.umask(0o077)
+    try:
+        second = build_image(package, key, tmp_path / "2.wapp", progress=_quiet)
+    finally:
+        os.umask(0o022)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_refuses_overwrite_unless_forced(image, keypair, make_package, trusted):
+    package = make_package(version="1.0.0")
+    key = load_signing_key(keypair[0])
+    with pytest.raises(ImageError, match="already exists"):
+        build_image(package, key, image, progress=_quiet)
+    build_image(package, key, image, force=True, progress=_quiet)
+    verify_image(image, trusted)
+
+
+def test_build_runs_check_first(make_package, keypair, tmp_path):
+    package = make_package()
+    (package / "ui" / "index.html").unlink()
+    with pytest.raises(Exception, match="ui.entry 'ui/index.html' not found"):
+        build_image(package, load_signing_key(keypair[0]), tmp_path / "x.wapp", progress=_quiet)
+    assert not (tmp_path / "x.wapp").exists()
+
+
+def test_wrong_key(image, other_keypair):
+    with pytest.raises(FooterSignatureError, match="wrong key"):
+        verify_image(image, [load_verify_key(other_keypair[1])])
+
+
+def test_bad_signature(image, trusted):
+    signed = read_footer(image)
+    _flip(image, signed.file_size - TRAILER.size - 10)  # inside the signature
+    with pytest.raises(FooterSignatureError, match="bad signature"):
+        verify_image(image, trusted)
+
+
+def test_edited_footer_fails_the_signature(image, trusted):
+    signed = read_footer(image)
+    root = signed.footer.verity.root_hash
+    forged = signed.body.replace(root.encode(), ("0" * 64).encode())
+    _patch(image, signed.footer.footer_offset, forged)
+    with pytest.raises(FooterSignatureError, match="bad signature"):
+        verify_image(image, trusted)
+
+
+def test_truncated(image, trusted):
+    os.truncate(image, image.stat().st_size - 1)
+    with pytest.raises(FooterError, match="truncated"):
+        verify_image(image, trusted)
+
+
+def test_truncated_in_the_middle(image, trusted):
+    raw = image.read_bytes()
+    footer = read_footer(image).footer
+    image.write_bytes(raw[:footer.data_size - 4096] + raw[footer.footer_offset:])
+    with pytest.raises(FooterError, match="truncated"):
+        verify_image(image, trusted)
+
+
+def test_tampered_data(image, trusted):
+    _flip(image, 4096 * 3 + 17)
+    with pytest.raises(ImageError, match="tampered data: data block 3 "):
+        verify_image(image, trusted)
+
+
+def test_tampered_hash_tree(image, trusted):
+    footer = read_footer(image).footer
+    _flip(image, footer.verity.hash_offset + 4096 + 5)  # first tree block, after the superblock
+    with pytest.raises(ImageError, match="tampered hash tree"):
+        verify_image(image, trusted)
+
+
+def test_tampered_superblock(image, trusted):
+    footer = read_footer(image).footer
+    _flip(image, footer.verity.hash_offset + 100)
+    with pytest.raises(ImageError, match="tampered hash tree"):
+        verify_image(image, trusted)
+
+
+def test_mismatched_id(image, trusted, tmp_path):
+    with pytest.raises(ImageError, match="mismatched id"):
+        verify_image(image, trusted, expected_app_id="com.example.other")
+    renamed = tmp_path / "com.example.other-1.0.0.wapp"
+    shutil.copyfile(image, renamed)
+    with pytest.raises(ImageError, match="mismatched id"):
+        verify_image(renamed, trusted)
+
+
+def test_not_an_image(tmp_path, trusted):
+    (tmp_path / "x.wapp").write_bytes(os.urandom(10_000))
+    with pytest.raises(FooterError, match="not a .wapp"):
+        verify_image(tmp_path / "x.wapp", trusted)
+
+
+def test_trusted_key_directory(image, keypair, other_keypair, tmp_path):
+    keydir = tmp_path / "trusted"
+    keydir.mkdir()
+    shutil.copy(other_keypair[1], keydir / "other.pub")
+    shutil.copy(keypair[1], keydir / "publisher.pub")
+    key = verify_footer_signature(read_footer(image), load_trusted_keys(keydir))
+    assert bytes(key) == bytes(load_verify_key(keypair[1]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
+def test_fuzz_footer_parser(body):
+    with pytest.raises(FooterError):
+        parse_footer(body)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_mutated_footers(image, trusted, tmp_path, data):
+    raw = bytearray(image.read_bytes())
+    signed = read_footer(image)
+    tail_start = signed.footer.footer_offset
+    body = json.loads(signed.body)
+    key = data.draw(st.sampled_from(sorted(body) + sorted(f"verity.{k}" for k in body["verity"])))
+    value = data.draw(st.one_of(st.integers(-2, 2**65), st.text(max_size=70), st.none(), st.booleans()))
+    target = body["verity"] if key.startswith("verity.") else body
+    target[key.removeprefix("verity.")] = value
+    new_body = json.dumps(body).encode()
+    trailer = TRAILER.pack(b"WEFTWAPP", 1, len(new_body))
+    mutated = tmp_path / "m.wapp"
+    mutated.write_bytes(bytes(raw[:tail_start]) + new_body + signed.signature + trailer)
+    with pytest.raises((FooterError, FooterSignatureError)):
+        verify_image(mutated, trusted)
