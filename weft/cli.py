@@ -1,0 +1,127 @@
+"""`weft`: build, boot, audit and flash the WEFT OS image."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+
+
+def _repo_root() -> Path:
+    """The checkout this package runs from (the image is built from the source tree)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    from weft.image.build import BuildConfig, build_image, default_mkosi_cache, default_out_dir
+
+    repo = _repo_root()
+    config = BuildConfig(repo=repo, profile=args.profile,
+                         out_dir=(args.out or default_out_dir(repo, args.profile)).resolve(),
+                         mkosi_cache=default_mkosi_cache(), force_all=args.clean)
+    image = build_image(config)
+    print(image)
+    return 0
+
+
+def _cmd_image_audit(args: argparse.Namespace) -> int:
+    from weft.image.audit import Allowlist, audit_image
+
+    report = audit_image(_existing_file(args.image), Allowlist.load())
+    text = report.model_dump_json(indent=2)
+    if args.report:
+        args.report.write_text(text + "\n")
+    else:
+        print(text)
+    summary = f"audit: {report.elf_count} ELF files, {len(report.setuid)} setuid, {len(report.setgid)} setgid"
+    if not report.passed:
+        print(f"{summary}; {len(report.failures)} problem(s):", file=sys.stderr)
+        for failure in report.failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    print(f"{summary}; passed", file=sys.stderr)
+    return 0
+
+
+def _cmd_image_flash(args: argparse.Namespace) -> int:
+    from weft.image.flash import flash_image
+
+    flash_image(_existing_file(args.image), args.device, assume_yes=args.yes)
+    return 0
+
+
+def _cmd_vm_run(args: argparse.Namespace) -> int:
+    from weft.image.build import default_out_dir
+    from weft.vm.run import run_vm
+
+    image = args.image or _newest_image(default_out_dir(_repo_root(), "default"),
+                                        default_out_dir(_repo_root(), "test"))
+    return run_vm(_existing_file(image), display=args.display, snapshot=args.snapshot)
+
+
+def _existing_file(path: Path) -> Path:
+    from weft.errors import UsageError
+
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist or is not a file")
+    return path
+
+
+def _newest_image(*dirs: Path) -> Path:
+    from weft.errors import UsageError
+
+    images = [p for d in dirs for p in d.glob("*.raw") if p.is_file()]
+    if not images:
+        raise UsageError("no image built yet; run `weft image build` or pass --image FILE")
+    return max(images, key=lambda p: p.stat().st_mtime)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="weft", description=__doc__)
+    add_debug_flag(parser)
+    top = parser.add_subparsers(dest="group", required=True, metavar="{image,vm}")
+
+    image = top.add_parser("image", help="build, audit or flash the OS image")
+    image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,audit,flash}")
+    build = image_cmds.add_parser("build", help="build the disk image with mkosi (incremental)")
+    build.add_argument("--profile", default="default", choices=("default", "test"),
+                       help="`test` adds a root shell on the virtio console for VM tests")
+    build.add_argument("--out", type=Path, help="output directory (default: mkosi.output/PROFILE)")
+    build.add_argument("--clean", action="store_true",
+                       help="drop mkosi's incremental cache and tools tree first")
+    build.set_defaults(func=_cmd_image_build)
+    audit = image_cmds.add_parser("audit", help="check every ELF and setuid file in the image root")
+    audit.add_argument("image", type=Path, help="disk image (.raw)")
+    audit.add_argument("--report", type=Path, help="write the JSON report here instead of stdout")
+    audit.set_defaults(func=_cmd_image_audit)
+    flash = image_cmds.add_parser("flash", help="write the image to a block device and verify it")
+    flash.add_argument("image", type=Path, help="disk image (.raw)")
+    flash.add_argument("device", type=Path, help="target block device, e.g. /dev/sdb")
+    flash.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    flash.set_defaults(func=_cmd_image_flash)
+
+    vm = top.add_parser("vm", help="boot the image in QEMU")
+    vm_cmds = vm.add_subparsers(dest="command", required=True, metavar="{run}")
+    run = vm_cmds.add_parser("run", help="boot the image (KVM if it works here, else TCG)")
+    run.add_argument("--image", type=Path, help="disk image (default: the newest built one)")
+    run.add_argument("--display", default="none", choices=("none", "gtk", "vnc"),
+                     help="none: serial console on this terminal (default)")
+    run.add_argument("--snapshot", action="store_true",
+                     help="discard all guest writes (the state partition too) at exit")
+    run.set_defaults(func=_cmd_vm_run)
+    return parser
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

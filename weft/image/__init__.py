@@ -1,0 +1,1 @@
+"""The OS image: building it with mkosi, reading its partitions, auditing and flashing it."""

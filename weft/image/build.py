@@ -1,0 +1,81 @@
+"""`weft image build`: wheels on the host, then mkosi (incremental) builds the disk image."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from weft.errors import WeftError
+from weft.image.mkosi_tool import find_mkosi
+from weft.image.wheels import build_wheels
+from weft.proc import run
+
+PROFILES = ("default", "test")
+
+
+class BuildConfig(BaseModel):
+    """Everything one image build needs, resolved once at the CLI."""
+
+    model_config = ConfigDict(frozen=True)
+    repo: Path
+    profile: str = "default"
+    out_dir: Path
+    mkosi_cache: Path
+    force_all: bool = False
+
+    @property
+    def image_id(self) -> str:
+        return "weft" if self.profile == "default" else f"weft-{self.profile}"
+
+    @property
+    def image_path(self) -> Path:
+        return self.out_dir / f"{self.image_id}.raw"
+
+
+def default_out_dir(repo: Path, profile: str) -> Path:
+    return repo / "mkosi.output" / profile
+
+
+def default_mkosi_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "weft" / "mkosi"
+
+
+def source_date_epoch(repo: Path) -> str:
+    """The last commit's time: a fixed timestamp for every file in the image."""
+    try:
+        return run(["git", "-C", repo, "log", "-1", "--format=%ct"]).stdout.decode().strip()
+    except WeftError:
+        return "0"
+
+
+def build_image(config: BuildConfig) -> Path:
+    if config.profile not in PROFILES:
+        raise WeftError(f"unknown profile '{config.profile}' (known: {', '.join(PROFILES)})")
+    if not (config.repo / "mkosi.conf").is_file():
+        raise WeftError(f"{config.repo} has no mkosi.conf; run from the weft repository")
+    mkosi = find_mkosi(config.mkosi_cache)
+    print(f"image: using mkosi {mkosi.version}", file=sys.stderr)
+    build_wheels(config.repo, config.repo / "build" / "wheels")
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    cache = config.repo / "mkosi.cache"
+    cache.mkdir(exist_ok=True)
+    argv = [
+        *mkosi.argv,
+        f"--directory={config.repo}",
+        f"--output-directory={config.out_dir}",
+        f"--cache-directory={cache}",
+        f"--source-date-epoch={source_date_epoch(config.repo)}",
+        # -f rebuilds the image; -ff also drops the incremental cache and the tools tree.
+        "-ff" if config.force_all else "-f",
+    ]
+    if config.profile != "default":
+        argv.append(f"--profile={config.profile}")
+    print(f"image: building the {config.profile} image with mkosi (output in {config.out_dir})",
+          file=sys.stderr)
+    run([*argv, "build"], env=mkosi.environment(), cwd=config.repo, capture=False)
+    if not config.image_path.is_file():
+        raise WeftError(f"mkosi finished but {config.image_path} is missing")
+    return config.image_path

@@ -1,0 +1,90 @@
+"""The QEMU command line for booting a WEFT disk image (q35, OVMF, virtio disk)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from weft.errors import WeftError
+from weft.proc import find_tool, run
+from weft.vm.accel import Accel
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# The virtual disk is bigger than the image: systemd-repart puts the state partition there.
+DISK_SIZE = "4G"
+
+Display = Literal["none", "gtk", "vnc"]
+
+
+class VmConfig(BaseModel):
+    """One QEMU invocation. `serial` is "stdio" (the terminal) or a log file path."""
+
+    model_config = ConfigDict(frozen=True)
+    disk: Path
+    efi_vars: Path
+    accel: Accel
+    qmp_socket: Path
+    serial: Literal["stdio"] | Path
+    display: Display = "none"
+    test_console: Path | None = None
+    memory_mb: int = 2048
+    cpus: int = 2
+
+
+def qemu_binary() -> str:
+    return find_tool("qemu-system-x86_64", "install qemu-system-x86 (bash ci/setup.sh)")
+
+
+def prepare_efi_vars(dest: Path) -> Path:
+    """A private writable copy of the OVMF variable store."""
+    if not OVMF_CODE.is_file() or not OVMF_VARS.is_file():
+        raise WeftError(f"OVMF firmware not found at {OVMF_CODE}; install ovmf (bash ci/setup.sh)")
+    shutil.copyfile(OVMF_VARS, dest)
+    return dest
+
+
+def create_overlay(image: Path, overlay: Path) -> Path:
+    """A qcow2 overlay on the (unchanged) raw image, with room for the state partition."""
+    if not image.is_file():
+        raise WeftError(f"image {image} does not exist (build it with: weft image build)")
+    qemu_img = find_tool("qemu-img", "install qemu-utils (bash ci/setup.sh)")
+    overlay.unlink(missing_ok=True)
+    run([qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.resolve(),
+         overlay, DISK_SIZE])
+    return overlay
+
+
+def qemu_argv(config: VmConfig) -> list[str]:
+    argv = [
+        qemu_binary(),
+        "-accel", config.accel,
+        "-machine", "q35",
+        "-cpu", "host" if config.accel == "kvm" else "max",
+        "-m", str(config.memory_mb),
+        "-smp", str(config.cpus),
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={config.efi_vars}",
+        "-drive", f"if=virtio,format=qcow2,file={config.disk}",
+        "-qmp", f"unix:{config.qmp_socket},server=on,wait=off",
+        "-device", "virtio-rng-pci",
+        "-nic", "none",
+    ]
+    if config.serial == "stdio":
+        # mon: multiplexes the QEMU monitor onto the terminal (Ctrl-A x quits).
+        argv += ["-serial", "mon:stdio"]
+    else:
+        argv += ["-serial", f"file:{config.serial}"]
+    if config.display == "vnc":
+        argv += ["-display", "vnc=127.0.0.1:0"]
+    else:
+        argv += ["-display", config.display]
+    if config.test_console is not None:
+        argv += [
+            "-device", "virtio-serial-pci",
+            "-chardev", f"socket,id=testshell,path={config.test_console},server=on,wait=off",
+            "-device", "virtconsole,chardev=testshell",
+        ]
+    return argv

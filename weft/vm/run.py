@@ -1,0 +1,45 @@
+"""`weft vm run`: boot an image interactively, serial console on this terminal when headless."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from weft.proc import run
+from weft.vm.accel import detect_accel
+from weft.vm.qemu import Display, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
+
+
+def accel_cache_file() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "weft" / "accel.json"
+
+
+def _persistent_overlay(image: Path) -> Path:
+    """`IMAGE.vm.qcow2` keeps the guest's state partition between runs of the same image;
+    it starts over when the image was rebuilt (its backing data changed)."""
+    overlay = image.with_name(image.name + ".vm.qcow2")
+    if overlay.is_file() and overlay.stat().st_mtime >= image.stat().st_mtime:
+        return overlay
+    if overlay.is_file():
+        print(f"vm: {image.name} was rebuilt; starting with a fresh state partition", file=sys.stderr)
+    return create_overlay(image, overlay)
+
+
+def run_vm(image: Path, *, display: Display, snapshot: bool) -> int:
+    accel = detect_accel(accel_cache_file())
+    with tempfile.TemporaryDirectory(prefix="weft-vm-") as tmp:
+        workdir = Path(tmp)
+        disk = create_overlay(image, workdir / "disk.qcow2") if snapshot else _persistent_overlay(image)
+        config = VmConfig(disk=disk, efi_vars=prepare_efi_vars(workdir / "efivars.fd"), accel=accel,
+                          qmp_socket=workdir / "qmp.sock", serial="stdio", display=display)
+        print(f"vm: booting {image} ({accel.upper()}, {'snapshot' if snapshot else f'state in {disk}'})",
+              file=sys.stderr)
+        print(f"vm: QMP socket {config.qmp_socket}", file=sys.stderr)
+        if display == "vnc":
+            print("vm: display on VNC 127.0.0.1:5900", file=sys.stderr)
+        print("vm: serial console follows; Ctrl-A x quits QEMU", file=sys.stderr)
+        # Interactive: QEMU owns the terminal until the guest powers off or the user quits.
+        run(qemu_argv(config), capture=False)
+        return 0
