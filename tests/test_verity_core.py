@@ -88,8 +88,9 @@ def test_layout_matches_cryptsetup_arithmetic():
     assert layout.tree_offset == 4096  # superblock padded to one hash block
 
 
-def test_threads_and_single_worker_agree(tmp_path, monkeypatch):
+def test_forked_workers_and_a_single_process_agree(tmp_path, monkeypatch):
     monkeypatch.setattr(hashing, "READ_CHUNK_BYTES", 64 * 1024)
+    monkeypatch.setattr(hashing, "PARALLEL_MIN_BYTES", 0)
     data = tmp_path / "data"
     data.write_bytes(os.urandom(4096 * 700))
     params = VerityParams(salt=b"s", uuid=uuid.UUID(int=1))
@@ -98,6 +99,10 @@ def test_threads_and_single_worker_agree(tmp_path, monkeypatch):
     assert one.root_hash == four.root_hash
     assert (tmp_path / "one").read_bytes() == (tmp_path / "four").read_bytes()
     verify_hash(data, tmp_path / "four", four.root_hash, params, data_blocks=700, workers=4)
+    _flip(data, 4096 * 8 * 650 + 1)  # in the last worker's range: the child reports it
+    with pytest.raises(VerityMismatch, match="data block 650 ") as info:
+        verify_hash(data, tmp_path / "four", four.root_hash, params, data_blocks=700, workers=4)
+    assert info.value.area == "data"
 
 
 def test_memory_stays_bounded(tmp_path, monkeypatch):
@@ -107,7 +112,7 @@ def test_memory_stays_bounded(tmp_path, monkeypatch):
         fh.truncate(64 << 20)
     tracemalloc.start()
     try:
-        format_hash(data, tmp_path / "hash", VerityParams(salt=b""), workers=2)
+        format_hash(data, tmp_path / "hash", VerityParams(salt=b""), workers=1)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

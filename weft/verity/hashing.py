@@ -1,19 +1,21 @@
 """Hashing blocks and packing their digests into hash blocks, level by level, in parallel.
 
 Speed matters (the benchmark compares with veritysetup), so the inner loop is a bare
-`copy(); update(memoryview slice); digest()` over a large read, and disjoint spans of a
-level run on threads: hashlib releases the GIL for inputs over 2047 bytes.
+`copy(); update(memoryview slice); digest()` over a large reused read buffer, and disjoint
+ranges of a level run in forked worker processes (weft.verity.parallel).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
+from weft.verity.parallel import run_tasks
 from weft.verity.params import VerityError, VerityParams
 
 READ_CHUNK_BYTES = 8 << 20  # per worker; bounds memory whatever the device size
+PARALLEL_MIN_BYTES = 32 << 20  # below this, forking costs more than it saves
 
 # Receives (index of the first hash block within the level, the packed hash blocks).
 Emit = Callable[[int, bytes], None]
@@ -68,29 +70,32 @@ def hash_level(source_fd: int, source_offset: int, block_size: int, block_count:
                hasher: BlockHasher, emit: Emit, workers: int) -> None:
     """Hash `block_count` blocks read from `source_fd` and emit the packed hash blocks.
 
-    Spans are multiples of a hash block's worth of digests, so every emit covers whole
-    hash blocks and workers never share one.
+    The level is cut into one contiguous range per worker, each a multiple of a hash
+    block's worth of digests, so workers never share a hash block.
     """
     per = hasher.per_block
-    span_blocks = max(per, READ_CHUNK_BYTES // block_size // per * per)
-    spans = [(start, min(span_blocks, block_count - start)) for start in range(0, block_count, span_blocks)]
+    if block_count * block_size < PARALLEL_MIN_BYTES:
+        workers = 1
+    share = -(-block_count // workers)
+    share = -(-share // per) * per
+    ranges = [(start, min(share, block_count - start)) for start in range(0, block_count, share)]
+    run_tasks([partial(_hash_range, source_fd, source_offset, block_size, start, count, hasher, emit)
+               for start, count in ranges])
 
-    def work(span: tuple[int, int]) -> None:
-        start, count = span
-        want = count * block_size
-        raw = os.pread(source_fd, want, source_offset + start * block_size)
-        if len(raw) != want:
-            raise VerityError(f"device ends early: cannot read {want} bytes at offset "
-                              f"{source_offset + start * block_size}")
-        emit(start // per, hasher.pack(hasher.digests(memoryview(raw), block_size)))
 
-    if workers > 1 and len(spans) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(work, spans):
-                pass
-    else:
-        for span in spans:
-            work(span)
+def _hash_range(source_fd: int, source_offset: int, block_size: int, first: int, count: int,
+                hasher: BlockHasher, emit: Emit) -> None:
+    per = hasher.per_block
+    chunk_blocks = max(per, READ_CHUNK_BYTES // block_size // per * per)
+    buffer = bytearray(min(count, chunk_blocks) * block_size)  # reused: no allocation per read
+    view = memoryview(buffer)
+    for start in range(first, first + count, chunk_blocks):
+        want = min(chunk_blocks, first + count - start) * block_size
+        offset = source_offset + start * block_size
+        got = os.preadv(source_fd, [view[:want]], offset)
+        if got != want:
+            raise VerityError(f"device ends early: cannot read {want} bytes at offset {offset}")
+        emit(start // per, hasher.pack(hasher.digests(view[:want], block_size)))
 
 
 def default_workers() -> int:

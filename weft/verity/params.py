@@ -23,6 +23,15 @@ class VerityError(WeftError):
     """Bad parameters, an unreadable device, or a hash tree that does not match."""
 
 
+class VerityMismatch(VerityError):
+    """The bytes on disk do not match; `area` says which part is wrong:
+    "superblock", "root", "hash" (a tree block), "data" or "size" (truncated)."""
+
+    def __init__(self, area: str, message: str):
+        self.area = area
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class VerityParams:
     """Everything that determines the bytes of a hash area (what veritysetup's options set)."""

@@ -11,18 +11,11 @@ from typing import Literal
 
 from weft.verity.format import check_no_overlap, same_file
 from weft.verity.hashing import BlockHasher, default_workers, hash_level
-from weft.verity.params import SUPERBLOCK_SIZE, TreeLayout, VerityError, VerityParams, compute_layout
+from weft.verity.params import (SUPERBLOCK_SIZE, TreeLayout, VerityError, VerityMismatch, VerityParams,
+                                compute_layout)
 from weft.verity.superblock import Superblock, decode_superblock, encode_superblock
 
 Area = Literal["superblock", "root", "hash", "data", "size"]
-
-
-class VerityMismatch(VerityError):
-    """The bytes on disk do not match; `area` says which part is wrong."""
-
-    def __init__(self, area: Area, message: str):
-        self.area = area
-        super().__init__(message)
 
 
 def read_superblock(hash_path: str | os.PathLike[str], hash_offset: int = 0) -> Superblock:
