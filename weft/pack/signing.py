@@ -37,7 +37,9 @@ def bundle_digest(package_dir: str | os.PathLike[str]) -> bytes:
 def sign_package(package_dir: str | os.PathLike[str], key: SigningKey) -> Path:
     signature = key.sign(bundle_digest(package_dir)).signature
     path = Path(package_dir) / SIGNATURE_NAME
-    path.write_text(signature.hex(), encoding="ascii")
+    temporary = path.with_name(f".{SIGNATURE_NAME}.tmp")
+    temporary.write_text(signature.hex(), encoding="ascii")
+    os.replace(temporary, path)  # replaces a symlink named signature.sig instead of writing through it
     return path
 
 

@@ -95,7 +95,7 @@ def _comparer(hash_fd: int, layout: TreeLayout, hasher: BlockHasher, level: int,
         stored = os.pread(hash_fd, len(packed), base + first * hbs)
         if stored == packed:
             return
-        at = next(i for i, (a, b) in enumerate(zip(stored, packed)) if a != b) if len(stored) == len(packed) else len(stored)
+        at = _first_difference(stored, packed)
         block_in_level, offset_in_block = divmod(at, hbs)
         source = (first + block_in_level) * hasher.per_block + offset_in_block // entry
         if area == "data":
@@ -105,3 +105,10 @@ def _comparer(hash_fd: int, layout: TreeLayout, hasher: BlockHasher, level: int,
                                      f"its parent (the hash tree was modified)")
 
     return compare
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))  # one is a prefix of the other: the device ended early
