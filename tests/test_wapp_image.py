@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weft.pack.footer import (TRAILER, FooterError, FooterSignatureError, load_trusted_keys, parse_footer,
-                              read_footer, verify_footer_signature)
+                              read_footer, seal_footer, verify_footer_signature)
+from weft.pack.tree import walk_package
+from weft.verity.erofs import ErofsError, read_erofs_file
 from weft.pack.image import ImageError, build_image, image_uuid, verify_image
 from weft.pack.keys import load_signing_key, load_verify_key
 
@@ -163,6 +165,44 @@ def test_mismatched_id(image, trusted, tmp_path):
         verify_image(renamed, trusted)
 
 
+def _reseal(image, keypair, **changes):
+    """Re-sign the image with a footer changed by the publisher's own key."""
+    signed = read_footer(image)
+    footer = signed.footer.model_copy(update=changes)
+    raw = image.read_bytes()[:signed.footer.footer_offset]
+    image.write_bytes(raw + seal_footer(footer, load_signing_key(keypair[0])))
+
+
+def test_signed_footer_naming_another_app_is_caught_by_the_inner_manifest(image, keypair, trusted, tmp_path):
+    image = image.rename(tmp_path / "plain-name.img")  # so the file-name check stays out of the way
+    _reseal(image, keypair, app_id="com.example.other")
+    with pytest.raises(ImageError, match="mismatched id: the footer says com.example.other 1.0.0, the manifest "
+                                         "inside says com.example.notes 1.0.0"):
+        verify_image(image, trusted)
+
+
+def test_signed_footer_with_another_manifest_digest_is_caught(image, keypair, trusted):
+    _reseal(image, keypair, manifest_sha256="0" * 64)
+    with pytest.raises(ImageError, match="manifest digest"):
+        verify_image(image, trusted)
+
+
+def test_every_package_file_reads_back_from_the_image(make_package, keypair, tmp_path):
+    files = {f"many/f{i}.txt": str(i).encode() for i in range(250)}  # a multi-block directory
+    files |= {"assets/exact.bin": os.urandom(8192), "assets/tail.bin": os.urandom(10_001)}
+    package = make_package(files=files)
+    image = build_image(package, load_signing_key(keypair[0]), tmp_path / "r.wapp", progress=_quiet)
+    size = read_footer(image).footer.data_size
+    for f in walk_package(package):
+        assert read_erofs_file(image, f.rel, image_size=size) == f.path.read_bytes(), f.rel
+    with pytest.raises(ErofsError, match="not found"):
+        read_erofs_file(image, "missing.txt", image_size=size)
+    with pytest.raises(ErofsError, match="not an EROFS image"):
+        read_erofs_file(package / "app.wasm", "wapp.toml")
+    with pytest.raises(ErofsError, match="not an EROFS image"):
+        read_erofs_file(package / "assets" / "tail.bin", "wapp.toml")
+
+
 def test_not_an_image(tmp_path, trusted):
     (tmp_path / "x.wapp").write_bytes(os.urandom(10_000))
     with pytest.raises(FooterError, match="not a .wapp"):
@@ -202,3 +242,18 @@ def test_fuzz_mutated_footers(image, trusted, tmp_path, data):
     mutated.write_bytes(bytes(raw[:tail_start]) + new_body + signed.signature + trailer)
     with pytest.raises((FooterError, FooterSignatureError)):
         verify_image(mutated, trusted)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_erofs_reader(image, tmp_path, data):
+    size = read_footer(image).footer.data_size
+    raw = bytearray(image.read_bytes()[:size])
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(1024, min(size, 3 * 4096) - 1))  # superblock, inodes, directories
+        raw[at] = data.draw(st.integers(0, 255))
+    (tmp_path / "fuzz.img").write_bytes(bytes(raw))
+    try:
+        read_erofs_file(tmp_path / "fuzz.img", data.draw(st.sampled_from(["wapp.toml", "ui/index.html", "a/b"])))
+    except ErofsError:
+        pass

@@ -19,7 +19,7 @@ from pathlib import Path
 from nacl.signing import SigningKey, VerifyKey
 
 from weft.errors import WeftError
-from weft.manifest import MANIFEST_NAME
+from weft.manifest import MANIFEST_NAME, ManifestError, parse_manifest
 from weft.pack.check import check_package
 from weft.pack.footer import (BLOCK_SIZE, Footer, SignedFooter, VerityInfo, read_footer, seal_footer,
                               verify_footer_signature)
@@ -27,6 +27,7 @@ from weft.pack.keys import key_id
 from weft.pack.tree import copy_package
 from weft.proc import find_tool, run
 from weft.verity import VerityMismatch, VerityParams, format_hash, verify_hash
+from weft.verity.erofs import ErofsError, read_erofs_file
 
 IMAGE_SUFFIX = ".wapp"
 # Fixed namespace for the image UUID: uuid5(namespace, "<id>\n<version>").
@@ -114,7 +115,8 @@ def _publish(image: Path, out: Path, force: bool) -> None:
 
 def verify_image(path: str | os.PathLike[str], keys: Iterable[VerifyKey], *,
                  expected_app_id: str | None = None) -> SignedFooter:
-    """Full check: footer, signature by a trusted key, expected id, every data and hash block."""
+    """Full check: footer, signature by a trusted key, expected id, every data and hash block,
+    and the manifest inside the file system against the footer."""
     signed = read_footer(path)
     verify_footer_signature(signed, keys)
     footer = signed.footer
@@ -132,7 +134,22 @@ def verify_image(path: str | os.PathLike[str], keys: Iterable[VerifyKey], *,
         what = {"data": "tampered data", "hash": "tampered hash tree", "superblock": "tampered hash tree",
                 "root": "tampered hash tree", "size": "truncated image"}[exc.area]
         raise ImageError(f"{what}: {exc}") from None
+    _check_inner_manifest(path, footer)
     return signed
+
+
+def _check_inner_manifest(path: str | os.PathLike[str], footer: Footer) -> None:
+    """The manifest inside the (now verified) EROFS data must be the one the footer names."""
+    try:
+        raw = read_erofs_file(path, MANIFEST_NAME, image_size=footer.data_size)
+        if hashlib.sha256(raw).hexdigest() != footer.manifest_sha256:
+            raise ImageError(f"the {MANIFEST_NAME} inside the image does not match the footer's manifest digest")
+        manifest = parse_manifest(raw.decode("utf-8"))
+    except (ErofsError, ManifestError, UnicodeDecodeError) as exc:
+        raise ImageError(f"the {MANIFEST_NAME} inside the image is unusable: {exc}") from None
+    if (manifest.app_id, manifest.package.version) != (footer.app_id, footer.version):
+        raise ImageError(f"mismatched id: the footer says {footer.app_id} {footer.version}, the manifest "
+                         f"inside says {manifest.app_id} {manifest.package.version}")
 
 
 def describe(signed: SignedFooter) -> dict:
