@@ -13,7 +13,7 @@ import re
 import sys
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
@@ -55,7 +55,8 @@ def _say(message: str) -> None:
 
 
 def build_image(package_dir: str | os.PathLike[str], key: SigningKey, out: Path | None = None, *,
-                force: bool = False, timestamp: int = 0, progress=_say) -> Path:
+                force: bool = False, timestamp: int = 0,
+                progress: Callable[[str], None] = _say) -> Path:
     """Build `<id>-<version>.wapp` from a package directory; returns the image path."""
     progress("checking package")
     manifest = check_package(package_dir)
@@ -68,6 +69,8 @@ def build_image(package_dir: str | os.PathLike[str], key: SigningKey, out: Path 
     with tempfile.TemporaryDirectory(prefix=".wapp-build-", dir=out.parent) as work:
         progress("staging files")
         staged = copy_package(package_dir, Path(work) / "root")
+        if check_package(staged) != manifest:  # what gets imaged is the copy: check that too
+            raise ImageError(f"{package_dir} changed while the image was being built")
         manifest_sha = hashlib.sha256((staged / MANIFEST_NAME).read_bytes()).hexdigest()
         image = Path(work) / "image"
         uuid = image_uuid(app_id, version)
