@@ -6,10 +6,11 @@ import os
 import stat
 
 import pytest
+from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from weft.pack.keys import KeyFileError, generate_keypair, load_signing_key, load_verify_key
-from weft.pack.signing import SignatureError, bundle_digest, sign_package, verify_package
+from weft.pack.signing import SignatureError, bundle_digest, listing_digest, sign_package, verify_package
 from weft.pack.tree import PackageTreeError
 
 
@@ -119,3 +120,30 @@ def test_fifo_is_refused(sample_package):
     os.mkfifo(sample_package / "pipe")
     with pytest.raises(PackageTreeError, match="not a regular file"):
         bundle_digest(sample_package)
+
+
+# The original Rust tool's demo package org.weft.demo.counter (marcoallegretti/WEFT_OS @ b99cc73):
+# its files' SHA-256 (in walk order, not sorted), the committed signature.sig and demo public key.
+# Our walker verifies the real package (checked against a checkout); this pins the text format.
+RUST_DEMO_FILES = [
+    ("wapp.toml", "19795772158faeb4d2808624100d74c21602ba37b99fe16db6fa6b3ff6eac586"),
+    (".cargo/config.toml", "8251c9b4254da5e75e2799b71bf5cdccb1369501cda17bacb10c9901311a6314"),
+    ("Cargo.lock", "b6fd2164ddfd4ed66120f742fe6d3cb921f5db69e04a0007c89b1ecdba2d20df"),
+    ("Cargo.toml", "7c4dc8176cbb8c5c9c892ab30e1276961374eb536bfd692a81dc381a5eede51f"),
+    ("app.wasm", "d54ad3c0b8b2349c523ee1e1a6d127a38fde1a90770617a0e3bdce04c2c6ac7a"),
+    ("src/main.rs", "7d62ad9386b4eba03aa84b3a99f5cf11447059fc3be87549a0919360f6f038f6"),
+    ("ui/index.html", "70a70496e8f31c920c801e5bdd72c7c60534211d21e6917bd50e7c2f5d73e47a"),
+    ("wit/deps/weft-app/weft-app.wit", "172934ce28d95ce4b8b5ce2249f17bfb5a15835f9d864fe8fb5e9a7c35fa67d1"),
+    ("wit/world.wit", "78e4a10c9f9b25129764675a991d505e2a949ee85f1bb3a1c0938ec6a4fc40cf"),
+]
+RUST_DEMO_SIGNATURE = ("4d26abef46af41b1992c0592313ea6aeb39b21eb4a31b978c13ed7c46b444f4d"
+                       "3469819eec1e9d3a00ef40898b77cc3391edfac55fcc50e13817a9eaf126ec0a")
+RUST_DEMO_PUBLIC_KEY = "470490314923b5f51d96196a6dee67e831f0b758119b8558d83cf415088fe062"
+
+
+def test_signature_made_by_the_rust_tool_verifies():
+    key = VerifyKey(bytes.fromhex(RUST_DEMO_PUBLIC_KEY))
+    key.verify(listing_digest(RUST_DEMO_FILES), bytes.fromhex(RUST_DEMO_SIGNATURE))
+    changed = [(rel, "0" * 64 if rel == "app.wasm" else digest) for rel, digest in RUST_DEMO_FILES]
+    with pytest.raises(BadSignatureError):
+        key.verify(listing_digest(changed), bytes.fromhex(RUST_DEMO_SIGNATURE))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from nacl.exceptions import BadSignatureError
@@ -29,9 +30,15 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def listing_digest(entries: Iterable[tuple[str, str]]) -> bytes:
+    """SHA-256 of the canonical text for (relative path, file SHA-256 hex) pairs."""
+    ordered = sorted(entries, key=lambda entry: entry[0].encode("utf-8"))
+    return hashlib.sha256("".join(f"{rel}\t{digest}\n" for rel, digest in ordered).encode("utf-8")).digest()
+
+
 def bundle_digest(package_dir: str | os.PathLike[str]) -> bytes:
-    lines = [f"{f.rel}\t{_file_sha256(f.path)}\n" for f in walk_package(package_dir) if f.rel != SIGNATURE_NAME]
-    return hashlib.sha256("".join(lines).encode("utf-8")).digest()
+    return listing_digest((f.rel, _file_sha256(f.path)) for f in walk_package(package_dir)
+                          if f.rel != SIGNATURE_NAME)
 
 
 def sign_package(package_dir: str | os.PathLike[str], key: SigningKey) -> Path:
