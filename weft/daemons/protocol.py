@@ -1,0 +1,333 @@
+"""The appd control protocol: one set of message models and both framings (reference §4.2-4.3).
+
+Every transport and every client uses this module: the Unix socket carries a 4-byte
+little-endian length and a msgpack body; the WebSocket carries the same messages as JSON
+text frames. Requests may be msgpack maps (`{"type": ...}`) or arrays
+(`[type, field1, ...]` in the field order below); replies are always maps.
+
+Additions to the reference catalogue (documented in docs/platform.md): `IPC_RECV` pulls the
+next app→UI message of a session, `QUERY_SESSION_TOKEN` hands out the token that binds a
+WebSocket to one session, and `TERMINATE_APP` answers with the real state (`stopping`).
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import socket
+import struct
+from typing import Annotated, Any, Literal, Union
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from weft.errors import WeftError
+from weft.manifest import AppId
+
+MAX_FRAME_BYTES = 1 << 20
+MAX_PAYLOAD_BYTES = 256 * 1024
+LENGTH = struct.Struct("<I")
+
+SessionId = Annotated[int, Field(ge=1, lt=1 << 63)]
+U32 = Annotated[int, Field(ge=0, lt=1 << 32)]
+Payload = Annotated[str, Field(max_length=MAX_PAYLOAD_BYTES)]
+
+
+class ErrorCode(enum.IntEnum):
+    SESSION_NOT_FOUND = 1  # the reference's only code
+    BAD_REQUEST = 2
+    NOT_PERMITTED = 3
+    LAUNCH_FAILED = 4
+    NOT_RUNNING = 5
+    TIMEOUT = 6
+    BUSY = 7
+
+
+class SessionState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    NOT_FOUND = "not_found"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# ---- requests -------------------------------------------------------------------------
+
+class LaunchApp(_Message):
+    type: Literal["LAUNCH_APP"] = "LAUNCH_APP"
+    app_id: AppId
+    surface_id: int = 0  # kept for compatibility; optional here (the reference dropped requests without it)
+
+
+class TerminateApp(_Message):
+    type: Literal["TERMINATE_APP"] = "TERMINATE_APP"
+    session_id: SessionId
+
+
+class QueryRunning(_Message):
+    type: Literal["QUERY_RUNNING"] = "QUERY_RUNNING"
+
+
+class QueryAppState(_Message):
+    type: Literal["QUERY_APP_STATE"] = "QUERY_APP_STATE"
+    session_id: SessionId
+
+
+class QueryInstalledApps(_Message):
+    type: Literal["QUERY_INSTALLED_APPS"] = "QUERY_INSTALLED_APPS"
+
+
+class IpcForward(_Message):
+    type: Literal["IPC_FORWARD"] = "IPC_FORWARD"
+    session_id: SessionId
+    payload: Payload
+
+
+class IpcRecv(_Message):
+    type: Literal["IPC_RECV"] = "IPC_RECV"
+    session_id: SessionId
+    timeout_ms: Annotated[int, Field(ge=0, le=60_000)] = 5_000
+
+
+class QuerySessionToken(_Message):
+    type: Literal["QUERY_SESSION_TOKEN"] = "QUERY_SESSION_TOKEN"
+    session_id: SessionId
+
+
+class PanelGesture(_Message):
+    type: Literal["PANEL_GESTURE"] = "PANEL_GESTURE"
+    gesture_type: U32
+    fingers: U32
+    dx: float
+    dy: float
+
+
+Request = Annotated[
+    Union[LaunchApp, TerminateApp, QueryRunning, QueryAppState, QueryInstalledApps, IpcForward,
+          IpcRecv, QuerySessionToken, PanelGesture],
+    Field(discriminator="type"),
+]
+REQUEST_TYPES: dict[str, type[_Message]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (LaunchApp, TerminateApp, QueryRunning, QueryAppState, QueryInstalledApps, IpcForward,
+                IpcRecv, QuerySessionToken, PanelGesture)
+}
+_REQUEST = TypeAdapter(Request)
+
+# ---- replies and notifications ------------------------------------------------------------
+
+
+class SessionInfo(_Message):
+    session_id: SessionId
+    app_id: str
+
+
+class AppInfo(_Message):
+    app_id: str
+    name: str
+    version: str
+
+
+class LaunchAck(_Message):
+    type: Literal["LAUNCH_ACK"] = "LAUNCH_ACK"
+    session_id: SessionId
+    app_id: str
+
+
+class AppReady(_Message):
+    type: Literal["APP_READY"] = "APP_READY"
+    session_id: SessionId
+    app_id: str
+
+
+class RunningApps(_Message):
+    type: Literal["RUNNING_APPS"] = "RUNNING_APPS"
+    sessions: list[SessionInfo]
+
+
+class AppState(_Message):
+    type: Literal["APP_STATE"] = "APP_STATE"
+    session_id: SessionId
+    state: SessionState
+
+
+class InstalledApps(_Message):
+    type: Literal["INSTALLED_APPS"] = "INSTALLED_APPS"
+    apps: list[AppInfo]
+
+
+class IpcMessage(_Message):
+    type: Literal["IPC_MESSAGE"] = "IPC_MESSAGE"
+    session_id: SessionId
+    payload: str
+
+
+class SessionToken(_Message):
+    type: Literal["SESSION_TOKEN"] = "SESSION_TOKEN"
+    session_id: SessionId
+    token: str
+
+
+class NavigationGesture(_Message):
+    type: Literal["NAVIGATION_GESTURE"] = "NAVIGATION_GESTURE"
+    gesture_type: int
+    fingers: int
+    dx: float
+    dy: float
+
+
+class Error(_Message):
+    type: Literal["ERROR"] = "ERROR"
+    code: int
+    message: str
+
+
+Reply = Annotated[
+    Union[LaunchAck, AppReady, RunningApps, AppState, InstalledApps, IpcMessage, SessionToken,
+          NavigationGesture, Error],
+    Field(discriminator="type"),
+]
+_REPLY = TypeAdapter(Reply)
+
+
+class ProtocolError(WeftError):
+    """A peer sent something that is not a valid message; `code` goes back in an ERROR reply."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST):
+        self.code = code
+        super().__init__(message)
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"][1:] or first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def parse_request(data: Any) -> _Message:
+    """A request from a decoded msgpack/JSON value: a map with `type`, or an array."""
+    if isinstance(data, (list, tuple)):
+        if not data or not isinstance(data[0], str) or data[0] not in REQUEST_TYPES:
+            raise ProtocolError("unknown or missing request type")
+        fields = [f for f in REQUEST_TYPES[data[0]].model_fields if f != "type"]
+        if len(data) - 1 > len(fields):
+            raise ProtocolError(f"too many fields for {data[0]}")
+        data = {"type": data[0], **dict(zip(fields, data[1:]))}
+    if not isinstance(data, dict):
+        raise ProtocolError("a request must be a map or an array")
+    if data.get("type") not in REQUEST_TYPES:
+        raise ProtocolError(f"unknown request type {str(data.get('type'))[:40]!r}")
+    try:
+        return _REQUEST.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid {data['type']}: {_describe(exc)}") from None
+
+
+def parse_reply(data: Any) -> _Message:
+    try:
+        return _REPLY.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid reply: {_describe(exc)}") from None
+
+
+def to_wire(message: _Message) -> dict[str, Any]:
+    return message.model_dump(mode="json")
+
+
+# ---- JSON (WebSocket) -----------------------------------------------------------------------
+
+def decode_json_request(text: str | bytes) -> _Message:
+    if len(text) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"message larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    return parse_request(data)
+
+
+def encode_json(message: _Message) -> str:
+    return message.model_dump_json()
+
+
+# ---- length-prefixed msgpack (Unix socket) ------------------------------------------------
+
+class FrameTooLarge(ProtocolError):
+    """The declared length exceeds the cap; the stream cannot be resynchronised."""
+
+
+def encode_frame(message: _Message | dict[str, Any] | list[Any]) -> bytes:
+    body = msgpack.packb(to_wire(message) if isinstance(message, BaseModel) else message, use_bin_type=True)
+    if len(body) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
+    return LENGTH.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"malformed msgpack: {exc}") from None
+
+
+def _check_length(header: bytes) -> int:
+    (length,) = LENGTH.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise FrameTooLarge(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+    return length
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next frame body, or None at a clean end of stream."""
+    try:
+        header = await reader.readexactly(LENGTH.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    length = _check_length(header)
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed inside a frame") from None
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise WeftError("weft-appd closed the connection")
+        chunks += chunk
+    return bytes(chunks)
+
+
+class Client:
+    """A blocking Unix-socket client: one request, one reply (used by weft-appctl and tests)."""
+
+    def __init__(self, path: str, timeout: float = 70.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as exc:
+            self.sock.close()
+            raise WeftError(f"cannot connect to weft-appd at {path}: {exc.strerror or exc}") from None
+
+    def request(self, message: _Message) -> _Message:
+        self.sock.sendall(encode_frame(message))
+        length = _check_length(_recv_exactly(self.sock, LENGTH.size))
+        return parse_reply(decode_body(_recv_exactly(self.sock, length)))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,66 @@
+"""The runtime ⇄ appd relay: one JSON object per line over a socket pair that appd creates.
+
+The reference relayed raw text lines, so a payload containing a newline arrived as several
+messages (§4.9). Here every line is a JSON object, so any payload arrives intact. The relay
+is also the readiness channel: only the runtime's `notify.ready` host import writes
+`{"t":"ready"}`; guest stdout never reaches this socket, so a guest cannot fake readiness.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from weft.daemons.protocol import MAX_PAYLOAD_BYTES, Payload, SessionId
+from weft.errors import WeftError
+from weft.manifest import AppId
+
+# A payload's JSON form is at most 6 bytes per character (\uXXXX) plus the envelope.
+MAX_LINE_BYTES = 6 * MAX_PAYLOAD_BYTES + 4096
+
+
+class _Line(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Launch(_Line):
+    """appd → standby runtime: become this session."""
+
+    t: Literal["launch"] = "launch"
+    app_id: AppId
+    session_id: SessionId
+    memory_mib: Annotated[int, Field(ge=16, le=65536)]
+
+
+class Ipc(_Line):
+    """One UI⇄app message, in either direction."""
+
+    t: Literal["ipc"] = "ipc"
+    payload: Payload
+
+
+class Ready(_Line):
+    """runtime → appd: the guest called `notify.ready`."""
+
+    t: Literal["ready"] = "ready"
+
+
+ToRuntime = TypeAdapter(Annotated[Union[Launch, Ipc], Field(discriminator="t")])
+FromRuntime = TypeAdapter(Annotated[Union[Ready, Ipc], Field(discriminator="t")])
+
+
+class RelayError(WeftError):
+    pass
+
+
+def encode_line(message: _Line) -> bytes:
+    return message.model_dump_json().encode() + b"\n"
+
+
+def decode_line(line: bytes, adapter: TypeAdapter) -> Launch | Ipc | Ready:
+    if len(line) > MAX_LINE_BYTES:
+        raise RelayError(f"relay line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
+    try:
+        return adapter.validate_json(line)
+    except ValidationError as exc:
+        raise RelayError(f"invalid relay line: {exc.errors()[0]['msg']}") from None
