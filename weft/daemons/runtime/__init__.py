@@ -1,0 +1,1 @@
+"""weft-runtime: the Wasm component host for one app session."""

@@ -1,0 +1,5 @@
+import sys
+
+from weft.daemons.runtime.cli import main
+
+sys.exit(main())

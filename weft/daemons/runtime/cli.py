@@ -1,0 +1,122 @@
+"""weft-runtime: run one app session's Wasm component (one process per session).
+
+    weft-runtime APP_ID SESSION_ID [--relay-fd FD]   run a session now
+    weft-runtime --standby --relay-fd FD             pre-start; wait for appd to assign a session
+    weft-runtime --compile-only APP_ID               fill the compile cache (e.g. after install)
+
+Importing wasmtime and creating the Engine costs ~100 ms, so appd keeps standby runtimes that
+have already paid it; the session itself still gets a process of its own.
+Exit status: 0 the app returned, 1 it failed or trapped, 2 usage, 3 stopped on request.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.daemons.runtime.channels import Relay
+from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
+from weft.daemons.runtime.session import AppSession, ExitCode, SessionSettings
+from weft.errors import UsageError
+from weft.manifest import load_manifest, require_app_id, resolve_inside
+from weft.store import StorePaths
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+class StopSignals:
+    """Stop signals are blocked in every thread and taken by one waiting thread, so they are
+    seen even while the main thread is inside wasmtime (where Python handlers cannot run)."""
+
+    def __init__(self) -> None:
+        self.session: AppSession | None = None
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by every later thread
+        threading.Thread(target=self._wait, name="stop-signals", daemon=True).start()
+
+    def _wait(self) -> None:
+        while True:
+            signal.sigwait(STOP_SIGNALS)
+            if self.session is None:
+                os._exit(ExitCode.STOPPED)  # nothing running yet: nothing to clean up
+            self.session.request_stop()
+
+
+def _parse(argv: Sequence[str]):  # type: ignore[no-untyped-def]
+    parser = ArgumentParser(prog="weft-runtime", description=__doc__.split("\n\n")[0])
+    parser.add_argument("app_id", nargs="?", help="the app to run (e.g. org.weft.demo.counter)")
+    parser.add_argument("session_id", nargs="?", type=int, help="session id assigned by weft-appd")
+    parser.add_argument("--relay-fd", type=int, help="inherited socket to weft-appd")
+    parser.add_argument("--standby", action="store_true", help="wait for a launch message on the relay")
+    parser.add_argument("--compile-only", action="store_true", help="compile APP_ID into the cache and exit")
+    parser.add_argument("--memory-mib", type=int, default=256, help="cap on each guest linear memory")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    if args.standby and (args.relay_fd is None or args.app_id is not None):
+        raise UsageError("--standby takes --relay-fd and no APP_ID")
+    if args.compile_only and (args.app_id is None or args.session_id is not None):
+        raise UsageError("--compile-only takes exactly APP_ID")
+    if not (args.standby or args.compile_only) and (args.app_id is None or args.session_id is None):
+        raise UsageError("APP_ID and SESSION_ID are required (or --standby / --compile-only)")
+    if args.session_id is not None and args.session_id < 1:
+        raise UsageError(f"invalid session id: {args.session_id}")
+    if args.app_id is not None:
+        require_app_id(args.app_id)
+    return args
+
+
+def _documents_dir() -> Path | None:
+    home = os.environ.get("HOME")
+    return Path(home) / "Documents" if home else None
+
+
+def main_entry(argv: Sequence[str]) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format=f"weft-runtime[{os.getpid()}] %(levelname)s %(message)s")
+    stop = StopSignals()
+    store_paths = StorePaths.from_env()
+    options = EngineOptions()
+    engine = make_engine(options)
+    cache = ComponentCache(engine, options, store_paths.cache_root / "components")
+    if args.compile_only:
+        package = store_paths.find_package(args.app_id)
+        cache.load(resolve_inside(package, load_manifest(package).runtime.module))
+        return 0
+    relay = None
+    if args.relay_fd is not None:
+        try:
+            relay = Relay(socket.socket(fileno=args.relay_fd))
+        except OSError as exc:
+            raise UsageError(f"--relay-fd {args.relay_fd}: {exc.strerror}") from None
+    if args.standby:
+        launch = relay.wait_launch()  # type: ignore[union-attr]
+        if launch is None:
+            return 0  # appd went away before giving us a session
+        settings = SessionSettings(app_id=launch.app_id, session_id=launch.session_id, memory_mib=launch.memory_mib)
+    else:
+        settings = SessionSettings(app_id=args.app_id, session_id=args.session_id, memory_mib=args.memory_mib)
+    session = AppSession(engine, cache, store_paths, _documents_dir(), settings, relay)
+    stop.session = session
+    if relay is not None:
+        relay.start_reader(on_eof=session.request_stop)
+    return int(session.run())
+
+
+def main() -> int:
+    code = run_cli(main_entry)
+    # Skip interpreter finalisation: wasmtime's WASI worker threads may still be alive, and
+    # tearing the interpreter down under them aborts the process instead of exiting cleanly.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""One app session: resolve the package, instantiate the component with its grants, run it.
+
+Limits: each linear memory is capped (`Store.set_limits`); a stop request (SIGTERM from
+appd, or the relay closing) wakes a guest blocked in `ipc.recv` with `none` and interrupts
+a guest that is computing by bumping the engine epoch past the store's deadline.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+from wasmtime import Engine, Store, Trap, WasiConfig, WasmtimeError
+from wasmtime.component import Component, Func, Instance
+
+from weft.daemons.runtime.channels import PortalClient, Relay
+from weft.daemons.runtime.engine import ComponentCache
+from weft.daemons.runtime.grants import Grants
+from weft.daemons.runtime.host import HostImports, build_linker
+from weft.errors import WeftError
+from weft.manifest import load_manifest, resolve_inside
+from weft.store import StorePaths
+
+log = logging.getLogger("weft.runtime")
+STOP_GRACE_S = 0.5
+guest_log = logging.getLogger("weft.guest")
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0  # the guest's run() returned
+    FAILED = 1  # load, link or instantiation failed, or the guest trapped
+    USAGE = 2
+    STOPPED = 3  # interrupted by a stop request while the guest was computing
+
+
+class SessionSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    app_id: str
+    session_id: int
+    memory_mib: int = 256
+
+
+class GuestOutput:
+    """Guest stdout/stderr, split into lines and logged with the session id."""
+
+    def __init__(self, session_id: int, stream: str):
+        self.prefix = f"session {session_id} {stream}"
+        self.pending = b""
+
+    def write(self, data: bytes) -> None:
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        for line in lines:
+            guest_log.info("%s: %s", self.prefix, line.decode(errors="replace"))
+        if len(self.pending) > 4096:  # a guest printing without newlines still gets logged
+            self.write(b"\n")
+
+    def flush(self) -> None:
+        if self.pending:
+            self.write(b"\n")
+
+
+def _run_export(component: Component, engine: Engine, instance: Instance, store: Store) -> Func:
+    """`run` of world weft:app/app, or `run` of the wasi:cli/run command interface."""
+    names = component.type.exports(engine)
+    if "run" in names:
+        func = instance.get_func(store, "run")
+    else:
+        cli = next((n for n in names if n.startswith("wasi:cli/run@0.2")), None)
+        index = instance.get_export_index(store, cli) if cli else None
+        func = instance.get_func(store, instance.get_export_index(store, "run", index)) if index else None
+    if func is None:
+        raise WeftError("the component exports neither `run` nor `wasi:cli/run`")
+    return func
+
+
+class AppSession:
+    def __init__(self, engine: Engine, cache: ComponentCache, store_paths: StorePaths, documents: Path | None,
+                 settings: SessionSettings, relay: Relay | None):
+        self.engine = engine
+        self.settings = settings
+        self.relay = relay
+        self.stop_requested = threading.Event()
+        package = store_paths.find_package(settings.app_id)
+        manifest = load_manifest(package)
+        if manifest.app_id != settings.app_id:
+            raise WeftError(f"{package} holds '{manifest.app_id}', not '{settings.app_id}'")
+        self.grants = Grants.from_manifest(manifest, store_paths, documents)
+        self.component = cache.load(resolve_inside(package, manifest.runtime.module))
+        self.portal = PortalClient(self.grants)
+        self.stdout = GuestOutput(settings.session_id, "stdout")
+        self.stderr = GuestOutput(settings.session_id, "stderr")
+
+    def _wasi(self) -> WasiConfig:
+        wasi = WasiConfig()
+        wasi.argv = [self.settings.app_id]
+        wasi.env = [("WEFT_APP_ID", self.settings.app_id), ("WEFT_SESSION_ID", str(self.settings.session_id))]
+        for root in self.grants.roots:
+            wasi.preopen_dir(str(root.host), root.guest, root.writable)
+        wasi.stdout_custom = self.stdout.write
+        wasi.stderr_custom = self.stderr.write
+        return wasi  # no stdin, no sockets: WASI networking stays denied
+
+    def _signal_ready(self) -> None:
+        log.info("session %d (%s) ready", self.settings.session_id, self.settings.app_id)
+        if self.relay is not None:
+            self.relay.send_ready()
+
+    def request_stop(self) -> None:
+        """Thread-safe. A guest blocked in `ipc.recv` gets `none` and may return cleanly; one
+        still computing after STOP_GRACE_S is interrupted at its next epoch check."""
+        if self.stop_requested.is_set():
+            return
+        self.stop_requested.set()
+        if self.relay is not None:
+            self.relay.close_inbox()
+        interrupt = threading.Timer(STOP_GRACE_S, self.engine.increment_epoch)  # past the deadline of 1
+        interrupt.daemon = True
+        interrupt.start()
+
+    def run(self) -> ExitCode:
+        store = Store(self.engine)
+        store.set_limits(memory_size=self.settings.memory_mib << 20)
+        store.set_epoch_deadline(1)  # the epoch only moves on a stop request
+        store.set_wasi(self._wasi())
+        imports = HostImports(self.grants, self.relay, self.portal, self._signal_ready)
+        try:
+            instance = build_linker(self.engine, imports).instantiate(store, self.component)
+            _run_export(self.component, self.engine, instance, store)(store)
+            return ExitCode.OK
+        except (Trap, WasmtimeError) as exc:
+            if self.stop_requested.is_set():
+                log.info("session %d interrupted on request", self.settings.session_id)
+                return ExitCode.STOPPED
+            log.error("session %d failed: %s", self.settings.session_id, str(exc).strip().splitlines()[0])
+            log.debug("session %d trap details: %s", self.settings.session_id, exc)
+            return ExitCode.FAILED
+        except Exception:  # a host import raised: our bug, but the session must still end cleanly
+            log.exception("session %d: host import failed", self.settings.session_id)
+            return ExitCode.FAILED
+        finally:
+            self.stdout.flush()
+            self.stderr.flush()
+            self.portal.close()
