@@ -8,10 +8,8 @@ jobs, the tasks simply run here one after another.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 
 from weft.verity.params import VerityError, VerityMismatch
@@ -52,6 +50,9 @@ def _spawn(task: Task) -> tuple[int, int]:
             os.close(read_fd)
             task()
         except BaseException as exc:
+            import json  # the failure path only: keeps start-up of every run fast
+            import traceback
+
             status = 1
             report = {"area": getattr(exc, "area", None), "message": str(exc),
                       "expected": isinstance(exc, VerityError), "trace": traceback.format_exc()}
@@ -71,6 +72,8 @@ def _reap(pid: int, read_fd: int) -> BaseException | None:
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) == 0:
         return None
+    import json  # the failure path only
+
     try:
         report = json.loads(raw)
     except ValueError:

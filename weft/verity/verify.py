@@ -7,16 +7,11 @@ root hash, on a named hash-tree block, or on a named data block.
 from __future__ import annotations
 
 import os
-from typing import Literal
-
 from weft.verity.format import check_no_overlap, same_file
 from weft.verity.hashing import BlockHasher, default_workers, hash_level
 from weft.verity.params import (SUPERBLOCK_SIZE, TreeLayout, VerityError, VerityMismatch, VerityParams,
                                 compute_layout)
 from weft.verity.superblock import Superblock, decode_superblock, encode_superblock
-
-Area = Literal["superblock", "root", "hash", "data", "size"]
-
 
 def read_superblock(hash_path: str | os.PathLike[str], hash_offset: int = 0) -> Superblock:
     try:
@@ -85,7 +80,7 @@ def _check_superblock(hash_fd: int, params: VerityParams, layout: TreeLayout, ha
         raise VerityMismatch("superblock", "the padding after the verity superblock is not zero")
 
 
-def _comparer(hash_fd: int, layout: TreeLayout, hasher: BlockHasher, level: int, area: Area):
+def _comparer(hash_fd: int, layout: TreeLayout, hasher: BlockHasher, level: int, area: str):
     """An emit() that compares computed hash blocks of `level` with the stored ones."""
     hbs = layout.hash_block_size
     base = layout.level_offset(level)
