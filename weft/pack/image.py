@@ -21,8 +21,8 @@ from nacl.signing import SigningKey, VerifyKey
 from weft.errors import WeftError
 from weft.manifest import MANIFEST_NAME, ManifestError, parse_manifest
 from weft.pack.check import check_package
-from weft.pack.footer import (BLOCK_SIZE, Footer, SignedFooter, VerityInfo, read_footer, seal_footer,
-                              verify_footer_signature)
+from weft.pack.footer import (BLOCK_SIZE, Footer, SignedFooter, VerityInfo, manifest_digest, read_footer,
+                              seal_footer, verify_footer_signature)
 from weft.pack.keys import key_id
 from weft.pack.tree import copy_package
 from weft.proc import find_tool, run
@@ -71,7 +71,7 @@ def build_image(package_dir: str | os.PathLike[str], key: SigningKey, out: Path 
         staged = copy_package(package_dir, Path(work) / "root")
         if check_package(staged) != manifest:  # what gets imaged is the copy: check that too
             raise ImageError(f"{package_dir} changed while the image was being built")
-        manifest_sha = hashlib.sha256((staged / MANIFEST_NAME).read_bytes()).hexdigest()
+        manifest_sha = manifest_digest((staged / MANIFEST_NAME).read_bytes())
         image = Path(work) / "image"
         uuid = image_uuid(app_id, version)
         progress("mkfs.erofs")
@@ -145,7 +145,7 @@ def _check_inner_manifest(path: str | os.PathLike[str], footer: Footer) -> None:
     """The manifest inside the (now verified) EROFS data must be the one the footer names."""
     try:
         raw = read_erofs_file(path, MANIFEST_NAME, image_size=footer.data_size)
-        if hashlib.sha256(raw).hexdigest() != footer.manifest_sha256:
+        if manifest_digest(raw) != footer.manifest_sha256:
             raise ImageError(f"the {MANIFEST_NAME} inside the image does not match the footer's manifest digest")
         manifest = parse_manifest(raw.decode("utf-8"))
     except (ErofsError, ManifestError, UnicodeDecodeError) as exc:
