@@ -44,6 +44,7 @@ def install_package(source: str | os.PathLike[str], store: StorePaths, *,
         if trusted_key is not None:
             verify_package(staged, trusted_key)
         dest = root / manifest.app_id
+        data_dir = store.app_data_dir(manifest.app_id)  # resolvable before anything is moved
         if dest.exists():
             raise WeftError(f"package '{manifest.app_id}' is already installed at {dest}; "
                             f"uninstall it first")
@@ -53,7 +54,7 @@ def install_package(source: str | os.PathLike[str], store: StorePaths, *,
             raise WeftError(f"cannot install into {dest}: {exc.strerror}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    store.app_data_dir(manifest.app_id).mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return InstalledApp(id=manifest.app_id, name=manifest.package.name,
                         version=manifest.package.version, path=dest)
 
@@ -65,11 +66,14 @@ def uninstall_package(app_id: str, store: StorePaths, *, purge: bool = False) ->
     if not dest.is_dir():
         raise WeftError(f"package '{app_id}' is not installed at {dest}")
     # Rename first so the package disappears at once, then delete at leisure.
+    data_dir = store.app_data_dir(app_id) if purge else None
     doomed = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
-    os.rename(dest, doomed / app_id)
-    shutil.rmtree(doomed)
-    if purge:
-        shutil.rmtree(store.app_data_dir(app_id), ignore_errors=True)
+    try:
+        os.rename(dest, doomed / app_id)
+    finally:
+        shutil.rmtree(doomed, ignore_errors=True)
+    if data_dir is not None:
+        shutil.rmtree(data_dir, ignore_errors=True)
     return dest
 
 
