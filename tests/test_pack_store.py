@@ -93,3 +93,10 @@ def test_list_dedupes_across_roots_first_root_wins(make_package, tmp_path):
     (system / "junk" / "wapp.toml").write_text("not toml [")
     store = StorePaths(roots=(user, system), install_root=user, app_data_root=tmp_path / "d", cache_root=tmp_path)
     assert [(a.id, a.version) for a in list_packages(store)] == [("com.example.notes", "2.0"), ("com.example.alpha", "1.0.0")]
+
+
+def test_install_without_a_data_location_changes_nothing(sample_package, tmp_path):
+    store = StorePaths.from_env({"WEFT_APP_STORE": str(tmp_path / "store")})  # no HOME, no WEFT_APP_DATA
+    with pytest.raises(WeftError, match="no app data location"):
+        install_package(sample_package, store)
+    assert _leftovers(store) == []
