@@ -27,13 +27,22 @@ def data_blocks_of(data_path: str | os.PathLike[str], params: VerityParams,
     """How many data blocks to protect: given, else all complete blocks before the hash area."""
     if data_blocks is not None:
         return data_blocks
-    try:
-        size = os.stat(data_path).st_size
-    except OSError as exc:
-        raise VerityError(f"cannot read data device {os.fspath(data_path)}: {exc.strerror}") from None
+    size = device_size(data_path)
     if same_file_hash_offset is not None:
         size = min(size, same_file_hash_offset)
     return size // params.data_block_size
+
+
+def device_size(path: str | os.PathLike[str]) -> int:
+    """Size of a file or block device (stat reports 0 for block devices)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise VerityError(f"cannot open {os.fspath(path)}: {exc.strerror}") from None
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -7,7 +7,7 @@ root hash, on a named hash-tree block, or on a named data block.
 from __future__ import annotations
 
 import os
-from weft.verity.format import check_no_overlap, same_file
+from weft.verity.format import check_no_overlap, device_size, same_file
 from weft.verity.hashing import BlockHasher, default_workers, hash_level
 from weft.verity.params import (SUPERBLOCK_SIZE, TreeLayout, VerityError, VerityMismatch, VerityParams,
                                 compute_layout)
@@ -57,11 +57,7 @@ def verify_hash(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[
 
 def _check_sizes(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[str],
                  params: VerityParams, layout: TreeLayout) -> None:
-    try:
-        data_size = os.stat(data_path).st_size
-        hash_size = os.stat(hash_path).st_size
-    except OSError as exc:
-        raise VerityError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    data_size, hash_size = device_size(data_path), device_size(hash_path)
     if data_size < layout.data_blocks * params.data_block_size:
         raise VerityMismatch("size", f"data device is truncated: {data_size} bytes, "
                                      f"{layout.data_blocks * params.data_block_size} expected")
