@@ -69,8 +69,19 @@ def format_hash(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[
     count = data_blocks_of(data_path, params, data_blocks, hash_offset if shared else None)
     check_no_overlap(count, params, hash_offset, shared)
     layout = compute_layout(params, count, hash_offset)
+    available = device_size(data_path) // params.data_block_size
+    if count > available:
+        raise VerityError(f"data device holds {available} blocks of {params.data_block_size} bytes, "
+                          f"{count} requested")
+    try:
+        return _format(data_path, hash_path, params, layout, hash_offset, workers or default_workers())
+    except OSError as exc:
+        raise VerityError(f"I/O error while formatting: {exc.strerror or exc}") from None
+
+
+def _format(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[str], params: VerityParams,
+            layout: TreeLayout, hash_offset: int, workers: int) -> FormatResult:
     hasher = BlockHasher(params)
-    workers = workers or default_workers()
     try:
         data_fd = os.open(data_path, os.O_RDONLY)
     except OSError as exc:
@@ -82,7 +93,7 @@ def format_hash(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[
             raise VerityError(f"cannot open hash device {os.fspath(hash_path)}: {exc.strerror}") from None
         try:
             if params.superblock:
-                header = encode_superblock(params, count)
+                header = encode_superblock(params, layout.data_blocks)
                 gap = layout.tree_offset - hash_offset - SUPERBLOCK_SIZE
                 os.pwrite(hash_fd, header + bytes(gap), hash_offset)
             root = _write_tree(data_fd, hash_fd, params, layout, hasher, workers)

@@ -100,6 +100,8 @@ class TreeLayout:
 
 def tree_offset(params: VerityParams, hash_offset: int) -> int:
     """First tree byte: right after the superblock, rounded up to a hash block (cryptsetup)."""
+    if hash_offset < 0:
+        raise VerityError(f"hash offset {hash_offset} is negative")
     if params.superblock:
         if hash_offset % SUPERBLOCK_SIZE:
             raise VerityError(f"hash offset {hash_offset} must be a multiple of {SUPERBLOCK_SIZE}")

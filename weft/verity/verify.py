@@ -32,8 +32,16 @@ def verify_hash(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[
     if len(root_hash) != params.digest_size:
         raise VerityError(f"root hash must be {params.digest_size} bytes for {params.hash_name}")
     _check_sizes(data_path, hash_path, params, layout)
+    try:
+        _verify(data_path, hash_path, root_hash, params, layout, hash_offset, workers or default_workers())
+    except OSError as exc:
+        raise VerityError(f"I/O error while verifying: {exc.strerror or exc}") from None
+    return layout
+
+
+def _verify(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[str], root_hash: bytes,
+            params: VerityParams, layout: TreeLayout, hash_offset: int, workers: int) -> None:
     hasher = BlockHasher(params)
-    workers = workers or default_workers()
     with open(data_path, "rb") as data, open(hash_path, "rb") as hashes:
         data_fd, hash_fd = data.fileno(), hashes.fileno()
         if params.superblock:
@@ -41,7 +49,7 @@ def verify_hash(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[
         if layout.levels == 0:
             if hasher.digest(os.pread(data_fd, params.data_block_size, 0)) != root_hash:
                 raise VerityMismatch("data", "data block 0 does not match the root hash")
-            return layout
+            return
         hbs = params.hash_block_size
         top = os.pread(hash_fd, hbs, layout.level_offset(layout.levels - 1))
         if hasher.digest(top) != root_hash:
@@ -50,9 +58,8 @@ def verify_hash(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[
         for level in range(layout.levels - 1, 0, -1):
             hash_level(hash_fd, layout.level_offset(level - 1), hbs, layout.level_blocks[level - 1],
                        hasher, _comparer(hash_fd, layout, hasher, level, "hash"), workers)
-        hash_level(data_fd, 0, params.data_block_size, data_blocks, hasher,
+        hash_level(data_fd, 0, params.data_block_size, layout.data_blocks, hasher,
                    _comparer(hash_fd, layout, hasher, 0, "data"), workers)
-    return layout
 
 
 def _check_sizes(data_path: str | os.PathLike[str], hash_path: str | os.PathLike[str],
