@@ -1,0 +1,142 @@
+"""weft-appctl: drive weft-appd from a shell or a test over its Unix socket.
+
+    weft-appctl ps | apps | launch APP_ID [--wait-ready] | send SID PAYLOAD | recv SID | stop SID
+
+With --json each command prints appd's reply as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.daemons.protocol import (
+    AppState, Client, Error, InstalledApps, IpcForward, IpcMessage, IpcRecv, LaunchAck, LaunchApp,
+    QueryAppState, QueryInstalledApps, QueryRunning, RunningApps, SessionState, TerminateApp, _Message, to_wire,
+)
+from weft.errors import UsageError, WeftError
+from weft.manifest import require_app_id
+
+POLL_S = 0.01
+
+
+def _socket_path(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("WEFT_APPD_SOCKET"):
+        return os.environ["WEFT_APPD_SOCKET"]
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        raise UsageError("XDG_RUNTIME_DIR is not set; pass --socket")
+    return str(Path(os.environ["XDG_RUNTIME_DIR"]) / "weft/appd.sock")
+
+
+def _checked(reply: _Message) -> _Message:
+    if isinstance(reply, Error):
+        raise WeftError(f"weft-appd: {reply.message}")
+    return reply
+
+
+def _wait_ready(client: Client, session_id: int, timeout_s: float) -> AppState:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = _checked(client.request(QueryAppState(session_id=session_id)))
+        assert isinstance(state, AppState)
+        if state.state == SessionState.RUNNING:
+            return state
+        if state.state not in (SessionState.STARTING,):
+            raise WeftError(f"session {session_id} is {state.state.value}, not running")
+        if time.monotonic() > deadline:
+            raise WeftError(f"session {session_id} was not ready within {timeout_s:g} s")
+        time.sleep(POLL_S)
+
+
+def _human(reply: _Message) -> str:
+    if isinstance(reply, RunningApps):
+        return "\n".join(f"{s.session_id}\t{s.app_id}" for s in reply.sessions)
+    if isinstance(reply, InstalledApps):
+        return "\n".join(f"{a.app_id}\t{a.version}\t{a.name}" for a in reply.apps)
+    if isinstance(reply, (LaunchAck, AppState)):
+        state = f"\t{reply.state.value}" if isinstance(reply, AppState) else f"\t{reply.app_id}"
+        return f"{reply.session_id}{state}"
+    if isinstance(reply, IpcMessage):
+        return reply.payload
+    return json.dumps(to_wire(reply))
+
+
+def _session_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"invalid session id: {text!r}") from None
+    if value < 1:
+        raise UsageError(f"invalid session id: {text!r}")
+    return value
+
+
+def main_entry(argv: Sequence[str]) -> int:
+    parser = ArgumentParser(prog="weft-appctl", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--socket", help="appd socket (default $XDG_RUNTIME_DIR/weft/appd.sock)")
+    parser.add_argument("--json", action="store_true", help="print appd's reply as JSON")
+    add_debug_flag(parser)
+    # --json may also follow the command (`weft-appctl ps --json`)
+    json_flag = ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print appd's reply as JSON")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    commands.add_parser("ps", help="list running sessions", parents=[json_flag])
+    commands.add_parser("apps", help="list installed apps", parents=[json_flag])
+    launch = commands.add_parser("launch", help="start a session of APP_ID", parents=[json_flag])
+    launch.add_argument("app_id")
+    launch.add_argument("--wait-ready", action="store_true", help="return once the app signalled READY")
+    launch.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for READY")
+    send = commands.add_parser("send", help="send PAYLOAD to session SID's app", parents=[json_flag])
+    send.add_argument("session_id", type=_session_id)
+    send.add_argument("payload")
+    recv = commands.add_parser("recv", help="print the next message from session SID's app", parents=[json_flag])
+    recv.add_argument("session_id", type=_session_id)
+    recv.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    stop = commands.add_parser("stop", help="stop session SID", parents=[json_flag])
+    stop.add_argument("session_id", type=_session_id)
+    args = parser.parse_args(argv)
+
+    try:
+        return _run(args)
+    except ValidationError as exc:  # e.g. a payload over the size cap
+        raise UsageError(exc.errors()[0]["msg"]) from None
+
+
+def _run(args) -> int:  # type: ignore[no-untyped-def]
+    with Client(_socket_path(args.socket)) as client:
+        if args.command == "ps":
+            reply = client.request(QueryRunning())
+        elif args.command == "apps":
+            reply = client.request(QueryInstalledApps())
+        elif args.command == "launch":
+            reply = _checked(client.request(LaunchApp(app_id=require_app_id(args.app_id))))
+            if args.wait_ready:
+                assert isinstance(reply, LaunchAck)
+                reply = _wait_ready(client, reply.session_id, args.timeout)
+        elif args.command == "send":
+            reply = client.request(IpcForward(session_id=args.session_id, payload=args.payload))
+        elif args.command == "recv":
+            timeout_ms = max(0, min(60_000, int(args.timeout * 1000)))
+            reply = client.request(IpcRecv(session_id=args.session_id, timeout_ms=timeout_ms))
+        else:
+            reply = client.request(TerminateApp(session_id=args.session_id))
+    reply = _checked(reply)
+    print(json.dumps(to_wire(reply)) if args.json else _human(reply))
+    return 0
+
+
+def main() -> int:
+    return run_cli(main_entry)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""weft-appd: the session daemon."""

@@ -1,0 +1,5 @@
+import sys
+
+from weft.daemons.appd.cli import main
+
+sys.exit(main())

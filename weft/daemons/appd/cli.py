@@ -1,0 +1,112 @@
+"""weft-appd: the session daemon. Launches apps, supervises their runtimes, relays IPC.
+
+Listens on $XDG_RUNTIME_DIR/weft/appd.sock (msgpack) and ws://127.0.0.1:$WEFT_APPD_WS_PORT
+(JSON, token in $XDG_RUNTIME_DIR/weft/appd.token). Environment: WEFT_APPD_SOCKET,
+WEFT_APPD_WS_PORT (0 = any free port, written to appd.wsport), WEFT_APPD_ORIGINS,
+WEFT_RUNTIME_BIN, WEFT_RUNTIME_POOL, WEFT_READY_TIMEOUT_S, WEFT_APP_MEMORY_MIB,
+WEFT_DISABLE_CGROUP, WEFT_APP_STORE.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.daemons.appd.config import AppdConfig
+from weft.daemons.appd.dispatch import Caller, Dispatcher
+from weft.daemons.appd.runtimes import RuntimePool
+from weft.daemons.appd.sd_notify import sd_notify
+from weft.daemons.appd.sessions import Hub, SessionManager
+from weft.daemons.appd.tokens import load_or_create_boot_token
+from weft.daemons.appd.unix_socket import UnixServer
+from weft.daemons.appd.websocket import WebSocketServer
+from weft.daemons.protocol import LaunchApp, to_wire
+from weft.errors import WeftError
+from weft.manifest import is_valid_app_id
+
+log = logging.getLogger("weft.appd")
+MAX_RESTORED = 64
+
+
+def _take_saved_sessions(config: AppdConfig) -> list[str]:
+    """App ids saved at the last graceful shutdown (the file is consumed)."""
+    path = config.last_session_path
+    try:
+        raw = path.read_text()
+        path.unlink()
+        app_ids = json.loads(raw)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return []
+    if not isinstance(app_ids, list):
+        return []
+    return [a for a in app_ids if is_valid_app_id(a)][:MAX_RESTORED]
+
+
+def _save_sessions(config: AppdConfig, manager: SessionManager) -> None:
+    app_ids = [s.app_id for s in manager.live_sessions()]
+    partial = config.last_session_path.with_suffix(".partial")
+    partial.write_text(json.dumps(app_ids))
+    partial.replace(config.last_session_path)
+
+
+async def serve(config: AppdConfig) -> None:
+    config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    boot_token = load_or_create_boot_token(config.token_path)
+    hub = Hub()
+    pool = RuntimePool(config)
+    manager = SessionManager(config, pool, hub)
+    dispatcher = Dispatcher(manager, hub, config.store)
+    unix = UnixServer(config.socket_path, dispatcher)
+    websocket = WebSocketServer(config.ws_port, boot_token, config.control_origins, manager, hub, dispatcher)
+    await unix.start()
+    try:
+        port = await websocket.start()
+    except OSError as exc:
+        await unix.close()
+        raise WeftError(f"cannot listen on 127.0.0.1:{config.ws_port}: {exc.strerror}") from None
+    config.wsport_path.write_text(str(port))
+    pool.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    sd_notify("READY=1")
+    log.info("listening on %s and ws://127.0.0.1:%d", config.socket_path, port)
+    for app_id in _take_saved_sessions(config):
+        reply = await dispatcher.handle(LaunchApp(app_id=app_id), Caller())
+        log.info("restoring a session of %s: %s", app_id, to_wire(reply))
+
+    await stop.wait()
+    sd_notify("STOPPING=1")
+    _save_sessions(config, manager)
+    await unix.close()
+    await websocket.close()
+    await manager.stop_all()
+    await pool.close()
+    log.info("stopped")
+
+
+def main_entry(argv: Sequence[str]) -> int:
+    parser = ArgumentParser(prog="weft-appd", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1])
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="weft-appd %(levelname)s %(message)s")
+    asyncio.run(serve(AppdConfig.from_env()))
+    return 0
+
+
+def main() -> int:
+    return run_cli(main_entry)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

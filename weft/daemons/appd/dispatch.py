@@ -1,0 +1,91 @@
+"""Request → reply, the same for every transport (reference §4.4, with its defects fixed).
+
+A caller is either a control client (the Unix socket, or a WebSocket with the boot token)
+or bound to one session (a WebSocket with that session's token). A session-bound caller may
+only exchange IPC with, and query the state of, its own session.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from weft.daemons.appd.catalog import installed_apps
+from weft.daemons.appd.sessions import Busy, Hub, NotRunning, SessionManager
+from weft.daemons.protocol import (
+    AppState, Error, ErrorCode, InstalledApps, IpcForward, IpcMessage, IpcRecv, LaunchAck, LaunchApp,
+    NavigationGesture, PanelGesture, QueryAppState, QueryInstalledApps, QueryRunning, QuerySessionToken,
+    RunningApps, SessionInfo, SessionToken, TerminateApp, _Message,
+)
+from weft.errors import WeftError
+from weft.store import StorePaths
+
+log = logging.getLogger("weft.appd")
+
+SESSION_REQUESTS = (IpcForward, IpcRecv, QueryAppState)
+
+
+@dataclass(frozen=True)
+class Caller:
+    bound_session: int | None = None  # None: a control client
+
+
+def _not_found(session_id: int) -> Error:
+    return Error(code=ErrorCode.SESSION_NOT_FOUND, message=f"session {session_id} not found")
+
+
+class Dispatcher:
+    def __init__(self, manager: SessionManager, hub: Hub, store: StorePaths):
+        self.manager = manager
+        self.hub = hub
+        self.store = store
+
+    async def handle(self, request: _Message, caller: Caller) -> _Message:
+        if caller.bound_session is not None:
+            if not isinstance(request, SESSION_REQUESTS) or request.session_id != caller.bound_session:
+                return Error(code=ErrorCode.NOT_PERMITTED,
+                             message=f"this connection may only use session {caller.bound_session}")
+        if isinstance(request, LaunchApp):
+            return self._launch(request)
+        if isinstance(request, QueryRunning):
+            return RunningApps(sessions=[SessionInfo(session_id=s.id, app_id=s.app_id)
+                                         for s in self.manager.live_sessions()])
+        if isinstance(request, QueryInstalledApps):
+            return InstalledApps(apps=installed_apps(self.store))
+        if isinstance(request, PanelGesture):
+            gesture = NavigationGesture(**request.model_dump(exclude={"type"}))
+            self.hub.publish(gesture)
+            return gesture
+        session = self.manager.get(request.session_id)  # type: ignore[attr-defined]
+        if session is None:
+            return _not_found(request.session_id)  # type: ignore[attr-defined]
+        if isinstance(request, QueryAppState):
+            return AppState(session_id=session.id, state=session.state)
+        if isinstance(request, TerminateApp):
+            self.manager.terminate(session)
+            return AppState(session_id=session.id, state=session.state)
+        if isinstance(request, QuerySessionToken):
+            if not session.live:
+                return Error(code=ErrorCode.NOT_RUNNING, message=f"session {session.id} has stopped")
+            return SessionToken(session_id=session.id, token=session.token)
+        try:
+            if isinstance(request, IpcForward):
+                self.manager.forward(session, request.payload)
+                return AppState(session_id=session.id, state=session.state)
+            if isinstance(request, IpcRecv):
+                payload = await self.manager.receive(session, request.timeout_ms / 1000)
+                if payload is None:
+                    return Error(code=ErrorCode.TIMEOUT, message=f"no message from session {session.id}")
+                return IpcMessage(session_id=session.id, payload=payload)
+        except NotRunning as exc:
+            return Error(code=ErrorCode.NOT_RUNNING, message=str(exc))
+        except Busy as exc:
+            return Error(code=ErrorCode.BUSY, message=str(exc))
+        raise AssertionError(f"unhandled request {request.type}")  # type: ignore[attr-defined]
+
+    def _launch(self, request: LaunchApp) -> _Message:
+        try:
+            self.store.find_package(request.app_id)
+        except WeftError as exc:
+            return Error(code=ErrorCode.LAUNCH_FAILED, message=str(exc))
+        session = self.manager.launch(request.app_id)
+        return LaunchAck(session_id=session.id, app_id=session.app_id)

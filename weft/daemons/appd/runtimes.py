@@ -1,0 +1,125 @@
+"""Runtime processes: spawning, the standby pool, stopping.
+
+A fresh Python process needs ~100 ms to import wasmtime and build an Engine, more than the
+whole launch budget. appd therefore keeps `pool_size` runtimes started with `--standby`:
+they have paid that cost and wait on their relay socket. A launch takes one and hands it
+the session over the relay; a replacement is started in the background. Every session still
+runs in a process of its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+
+from weft.daemons.appd.config import AppdConfig
+from weft.daemons.relay import MAX_LINE_BYTES, FromRuntime, Ipc, Launch, Ready, decode_line, encode_line
+
+log = logging.getLogger("weft.appd")
+
+
+class RuntimeProcess:
+    """One runtime process and appd's end of its relay socket."""
+
+    def __init__(self, process: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter):
+        self.process = process
+        self.reader = reader
+        self.writer = writer
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def send(self, message: Launch | Ipc) -> None:
+        self.writer.write(encode_line(message))
+
+    def backlog(self) -> int:
+        return self.writer.transport.get_write_buffer_size()
+
+    async def next_message(self) -> Ready | Ipc | None:
+        """The next line from the runtime, or None when it closed the relay."""
+        line = await self.reader.readline()
+        if not line:
+            return None
+        return decode_line(line, FromRuntime)  # type: ignore[return-value]
+
+    async def stop(self, grace_s: float) -> int:
+        """SIGTERM, then SIGKILL after `grace_s`; always reaps and closes the relay."""
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), grace_s)
+            except asyncio.TimeoutError:
+                log.warning("runtime %d ignored SIGTERM for %.1f s; killing it", self.pid, grace_s)
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+        code = await self.process.wait()
+        self.writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self.writer.wait_closed()
+        return code
+
+
+async def spawn_runtime(config: AppdConfig) -> RuntimeProcess:
+    ours, theirs = socket.socketpair()
+    try:
+        argv = [*config.scope_command, *config.runtime_command, "--standby", "--relay-fd", str(theirs.fileno())]
+        process = await asyncio.create_subprocess_exec(*argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE_BYTES + 1)
+    return RuntimeProcess(process, reader, writer)
+
+
+class RuntimePool:
+    def __init__(self, config: AppdConfig):
+        self.config = config
+        self.idle: list[RuntimeProcess] = []
+        self.refill_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._schedule_refill()
+
+    def _schedule_refill(self) -> None:
+        if self.refill_task is None or self.refill_task.done():
+            self.refill_task = asyncio.create_task(self._refill())
+
+    async def _refill(self) -> None:
+        while not self.closed and len(self.idle) < self.config.pool_size:
+            try:
+                self.idle.append(await spawn_runtime(self.config))
+            except OSError as exc:
+                log.error("cannot start a standby runtime: %s", exc)
+                return
+
+    async def take(self) -> RuntimeProcess:
+        """A standby runtime (or a fresh one when none is idle)."""
+        while self.idle:
+            runtime = self.idle.pop(0)
+            if runtime.alive:
+                self._schedule_refill()
+                return runtime
+            await runtime.stop(0.1)
+        runtime = await spawn_runtime(self.config)
+        self._schedule_refill()
+        return runtime
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.refill_task is not None:
+            await self.refill_task  # finishes the spawn in progress, so nothing escapes
+        idle, self.idle = self.idle, []
+        await asyncio.gather(*(runtime.stop(1.0) for runtime in idle))

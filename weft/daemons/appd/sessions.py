@@ -1,0 +1,197 @@
+"""Sessions: the registry, the broadcast hub and one supervisor task per session.
+
+Lifecycle: starting → running (the runtime relayed READY) → stopping (terminate requested)
+→ stopped. Every path ends in the supervisor's `finally`: the runtime gets SIGTERM, then
+SIGKILL after the grace period, is reaped, its relay is closed, the state becomes stopped and
+APP_STATE stopped is broadcast. Registry operations never wait while holding anything, so
+there is no lock to deadlock on (the reference hung in IPC_FORWARD, §11.2).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from weft.daemons.appd.config import AppdConfig
+from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
+from weft.daemons.appd.tokens import new_session_token
+from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, SessionState, _Message
+from weft.daemons.relay import Ipc, Launch, Ready, RelayError
+
+log = logging.getLogger("weft.appd")
+
+MAILBOX_SIZE = 256  # app→UI messages kept for IPC_RECV pullers; older ones are dropped
+STOPPED_KEPT = 256  # stopped sessions remembered for QUERY_APP_STATE (the reference kept all)
+MAX_RELAY_BACKLOG = 1 << 20
+SUBSCRIBER_QUEUE = 4096
+
+
+class Subscriber:
+    """A push client (a WebSocket). `session_id` None sees every broadcast; otherwise only
+    that session's messages."""
+
+    def __init__(self, session_id: int | None):
+        self.session_id = session_id
+        self.queue: asyncio.Queue[_Message] = asyncio.Queue()
+        self.dropped = 0
+
+    def offer(self, message: _Message) -> None:
+        if self.queue.qsize() >= SUBSCRIBER_QUEUE:
+            self.dropped += 1  # a client that does not read loses broadcasts, never blocks appd
+            return
+        self.queue.put_nowait(message)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+
+    def publish(self, message: _Message, session_id: int | None = None) -> None:
+        for subscriber in self.subscribers:
+            if subscriber.session_id is None or subscriber.session_id == session_id:
+                subscriber.offer(message)
+
+
+class Session:
+    def __init__(self, session_id: int, app_id: str):
+        self.id = session_id
+        self.app_id = app_id
+        self.state = SessionState.STARTING
+        self.token = new_session_token()
+        self.runtime: RuntimeProcess | None = None
+        self.mailbox: collections.deque[str] = collections.deque(maxlen=MAILBOX_SIZE)
+        self.mail = asyncio.Condition()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in (SessionState.STARTING, SessionState.RUNNING, SessionState.STOPPING)
+
+
+class NotRunning(Exception):
+    pass
+
+
+class Busy(Exception):
+    pass
+
+
+class SessionManager:
+    def __init__(self, config: AppdConfig, pool: RuntimePool, hub: Hub):
+        self.config = config
+        self.pool = pool
+        self.hub = hub
+        self.sessions: dict[int, Session] = {}
+        self.last_id = 0
+
+    # -- queries --------------------------------------------------------------------------
+    def get(self, session_id: int) -> Session | None:
+        return self.sessions.get(session_id)
+
+    def live_sessions(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.live]
+
+    def by_token(self, token: str) -> Session | None:
+        return next((s for s in self.sessions.values() if s.live and s.token == token), None)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def launch(self, app_id: str) -> Session:
+        self.last_id += 1
+        session = Session(self.last_id, app_id)
+        self.sessions[session.id] = session
+        self.hub.publish(LaunchAck(session_id=session.id, app_id=app_id), session.id)
+        session.task = asyncio.create_task(self._supervise(session), name=f"session-{session.id}")
+        self._forget_old()
+        return session
+
+    def terminate(self, session: Session) -> None:
+        if session.state in (SessionState.STARTING, SessionState.RUNNING):
+            self._set_state(session, SessionState.STOPPING)
+            if session.task is not None:
+                session.task.cancel()  # the supervisor's `finally` does the teardown
+
+    async def stop_all(self) -> None:
+        tasks = [s.task for s in self.sessions.values() if s.task is not None and not s.task.done()]
+        for session in self.live_sessions():
+            self.terminate(session)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _set_state(self, session: Session, state: SessionState) -> None:
+        session.state = state
+        self.hub.publish(AppState(session_id=session.id, state=state), session.id)
+
+    def _forget_old(self) -> None:
+        stopped = [sid for sid, s in self.sessions.items() if s.state == SessionState.STOPPED]
+        for sid in stopped[: max(0, len(stopped) - STOPPED_KEPT)]:
+            del self.sessions[sid]
+
+    async def _supervise(self, session: Session) -> None:
+        try:
+            session.runtime = await self.pool.take()
+            session.runtime.send(Launch(app_id=session.app_id, session_id=session.id,
+                                        memory_mib=self.config.memory_mib))
+            log.info("session %d: %s in runtime %d", session.id, session.app_id, session.runtime.pid)
+            await asyncio.wait_for(self._until_ready(session), self.config.ready_timeout_s)
+            await self._relay(session)
+        except asyncio.TimeoutError:
+            log.error("session %d: no READY within %.0f s", session.id, self.config.ready_timeout_s)
+        except (RelayError, ValueError, ConnectionError, OSError) as exc:
+            log.error("session %d: relay failed: %s", session.id, exc)
+        except asyncio.CancelledError:
+            pass  # terminate or shutdown: fall through to the teardown
+        finally:
+            await self._teardown(session)
+
+    async def _until_ready(self, session: Session) -> None:
+        assert session.runtime is not None
+        while True:
+            message = await session.runtime.next_message()
+            if message is None:
+                raise ConnectionError("runtime exited before READY")
+            if isinstance(message, Ready):
+                if session.state == SessionState.STARTING:
+                    session.state = SessionState.RUNNING
+                    self.hub.publish(AppReady(session_id=session.id, app_id=session.app_id), session.id)
+                return
+            await self._deliver(session, message.payload)
+
+    async def _relay(self, session: Session) -> None:
+        assert session.runtime is not None
+        while (message := await session.runtime.next_message()) is not None:
+            if isinstance(message, Ipc):
+                await self._deliver(session, message.payload)
+
+    async def _deliver(self, session: Session, payload: str) -> None:
+        self.hub.publish(IpcMessage(session_id=session.id, payload=payload), session.id)
+        async with session.mail:
+            session.mailbox.append(payload)
+            session.mail.notify_all()
+
+    async def _teardown(self, session: Session) -> None:
+        if session.runtime is not None:
+            code = await asyncio.shield(session.runtime.stop(self.config.stop_grace_s))
+            log.info("session %d: runtime %d exited with %s", session.id, session.runtime.pid, code)
+        self._set_state(session, SessionState.STOPPED)
+        async with session.mail:
+            session.mail.notify_all()  # wake IPC_RECV waiters: nothing more will come
+
+    # -- IPC ------------------------------------------------------------------------------
+    def forward(self, session: Session, payload: str) -> None:
+        runtime = session.runtime
+        if session.state not in (SessionState.STARTING, SessionState.RUNNING) or runtime is None:
+            raise NotRunning(f"session {session.id} is {session.state.value}")
+        if runtime.backlog() > MAX_RELAY_BACKLOG:
+            raise Busy(f"session {session.id} is not reading its messages")
+        runtime.send(Ipc(payload=payload))
+
+    async def receive(self, session: Session, timeout_s: float) -> str | None:
+        """The oldest undelivered app→UI message; None on timeout. Raises NotRunning when the
+        session has ended and nothing is left."""
+        async with session.mail:
+            try:
+                await asyncio.wait_for(session.mail.wait_for(lambda: session.mailbox or not session.live), timeout_s)
+            except asyncio.TimeoutError:
+                return None
+            if session.mailbox:
+                return session.mailbox.popleft()
+        raise NotRunning(f"session {session.id} is {session.state.value}")

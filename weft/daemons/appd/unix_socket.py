@@ -1,0 +1,82 @@
+"""The appd Unix socket: length-prefixed msgpack, one reply per request, same-uid peers only.
+
+A malformed body gets an ERROR reply and the connection stays usable (the framing is still
+in step); a frame over the size cap gets an ERROR and the connection is closed, because the
+stream cannot be resynchronised without reading what the peer claims to send.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+
+from weft.daemons.appd.dispatch import Caller, Dispatcher
+from weft.daemons.protocol import Error, FrameTooLarge, ProtocolError, decode_body, encode_frame, parse_request, read_frame
+
+log = logging.getLogger("weft.appd")
+PEERCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class UnixServer:
+    def __init__(self, path: Path, dispatcher: Dispatcher):
+        self.path = path
+        self.dispatcher = dispatcher
+        self.server: asyncio.Server | None = None
+        self.clients: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        if self.path.is_socket() or self.path.is_symlink():
+            self.path.unlink()  # stale socket from an appd that did not shut down cleanly
+        old_umask = os.umask(0o177)  # created 0600: only this user may connect
+        try:
+            self.server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        finally:
+            os.umask(old_umask)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.clients):
+            writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        _pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        if uid != os.geteuid():
+            log.warning("refusing a Unix client with uid %d", uid)
+            writer.close()
+            return
+        self.clients.add(writer)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.clients.discard(writer)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        caller = Caller()
+        while True:
+            try:
+                body = await read_frame(reader)
+            except FrameTooLarge as exc:
+                writer.write(encode_frame(Error(code=exc.code, message=str(exc))))
+                await writer.drain()
+                return
+            except ProtocolError:
+                return  # the peer hung up inside a frame
+            if body is None:
+                return
+            try:
+                reply = await self.dispatcher.handle(parse_request(decode_body(body)), caller)
+            except ProtocolError as exc:
+                reply = Error(code=exc.code, message=str(exc))
+            writer.write(encode_frame(reply))
+            await writer.drain()
