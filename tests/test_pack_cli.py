@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PACK = [sys.executable, "-m", "weft.pack.cli"]
 VERITY = [sys.executable, "-m", "weft.verity.cli"]
@@ -116,3 +118,30 @@ def test_verity_cli_format_and_verify(tmp_path):
 ])
 def test_verity_cli_bad_input(argv, message):
     assert failed_cleanly(run([*VERITY, *argv]), message)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_command_lines_never_raise(data, tmp_path, monkeypatch, sample_package, keypair, capsys):
+    """Any mix of commands, options and (mostly wrong) operands: an exit code, never an exception."""
+    from weft.pack.cli import main as pack_main
+    from weft.verity.cli import main as verity_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEFT_APP_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("WEFT_APP_DATA", str(tmp_path / "data"))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\0asm" + bytes(range(256)) * 40)
+    operands = [str(sample_package), str(keypair[0]), str(keypair[1]), str(junk), str(tmp_path),
+                "/nonexistent", "com.example.notes", "", "-", "ab" * 32, "0", "-1", "../x"]
+    options = ["--key", "--json", "--out", "--force", "--purge", "--require-signature", "--app-id",
+               "--salt", "--hash-offset", "--data-blocks", "--no-superblock", "--format", "--hash"]
+    main, commands = data.draw(st.sampled_from([(pack_main, PACK_COMMANDS), (verity_main, ["format", "verify"])]))
+    argv = [data.draw(st.sampled_from(commands))]
+    argv += data.draw(st.lists(st.sampled_from(operands + options), max_size=6))
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse: usage errors and --help
+        code = exc.code
+    assert isinstance(code, int)
+    assert "Traceback" not in capsys.readouterr().err

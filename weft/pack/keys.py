@@ -28,7 +28,10 @@ def generate_keypair(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     for path in (private, public):
         if path.exists():
             raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create key directory {out}: {exc.strerror}") from None
     key = SigningKey.generate()
     _write_new(private, bytes(key).hex(), 0o600)
     _write_new(public, bytes(key.verify_key).hex(), 0o644)
