@@ -117,9 +117,12 @@ def _publish(image: Path, out: Path, force: bool) -> None:
 
 
 def verify_image(path: str | os.PathLike[str], keys: Iterable[VerifyKey], *,
-                 expected_app_id: str | None = None) -> SignedFooter:
+                 expected_app_id: str | None = None, workers: int | None = None) -> SignedFooter:
     """Full check: footer, signature by a trusted key, expected id, every data and hash block,
-    and the manifest inside the file system against the footer."""
+    and the manifest inside the file system against the footer.
+
+    `workers=1` keeps hashing in this process (for callers that must not fork, e.g. ones
+    running threads Python does not know about)."""
     signed = read_footer(path)
     verify_footer_signature(signed, keys)
     footer = signed.footer
@@ -132,7 +135,7 @@ def verify_image(path: str | os.PathLike[str], keys: Iterable[VerifyKey], *,
     v = footer.verity
     try:
         verify_hash(path, path, bytes.fromhex(v.root_hash), v.params(), data_blocks=v.data_blocks,
-                    hash_offset=v.hash_offset)
+                    hash_offset=v.hash_offset, workers=workers)
     except VerityMismatch as exc:
         what = {"data": "tampered data", "hash": "tampered hash tree", "superblock": "tampered hash tree",
                 "root": "tampered hash tree", "size": "truncated image"}[exc.area]
