@@ -10,12 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weft.pack.footer import (TRAILER, FooterError, FooterSignatureError, load_trusted_keys, parse_footer,
-                              read_footer, seal_footer, verify_footer_signature)
+from weft.pack.footer import (TRAILER, Footer, FooterError, FooterSignatureError, VerityInfo, load_trusted_keys,
+                              parse_footer, read_footer, seal_footer, verify_footer_signature)
 from weft.pack.tree import walk_package
+from weft.verity import VerityParams, compute_layout
 from weft.verity.erofs import ErofsError, read_erofs_file
 from weft.pack.image import ImageError, build_image, image_uuid, verify_image
-from weft.pack.keys import load_signing_key, load_verify_key
+from weft.pack.keys import key_id, load_signing_key, load_verify_key
 
 pytestmark = pytest.mark.skipif(shutil.which("mkfs.erofs") is None, reason="erofs-utils not installed")
 
@@ -257,3 +258,32 @@ def test_fuzz_erofs_reader(image, tmp_path, data):
         read_erofs_file(tmp_path / "fuzz.img", data.draw(st.sampled_from(["wapp.toml", "ui/index.html", "a/b"])))
     except ErofsError:
         pass
+
+
+def test_footer_is_read_from_the_tail_only(tmp_path, keypair, trusted):
+    """A 16 GiB sparse image: reading it whole would not finish; the footer check is instant."""
+    blocks = (16 << 30) // 4096
+    salt = bytes(32)
+    layout = compute_layout(VerityParams(salt=salt), blocks, blocks * 4096)
+    footer = Footer(app_id="com.example.huge", version="1", manifest_sha256="0" * 64, data_size=blocks * 4096,
+                    key_id=key_id(trusted[0]),
+                    verity=VerityInfo(data_blocks=blocks, hash_offset=blocks * 4096, salt=salt.hex(),
+                                      hash_size=layout.end_offset - blocks * 4096, root_hash="0" * 64,
+                                      uuid="00000000-0000-0000-0000-000000000000"))
+    huge = tmp_path / "huge.wapp"
+    with open(huge, "wb") as fh:
+        fh.truncate(footer.footer_offset)
+        fh.seek(footer.footer_offset)
+        fh.write(seal_footer(footer, load_signing_key(keypair[0])))
+    signed = read_footer(huge)
+    verify_footer_signature(signed, trusted)
+    assert signed.footer.verity.data_blocks == blocks
+
+
+@settings(max_examples=300, deadline=None)
+@given(tail=st.binary(max_size=300), length=st.integers(0, 2**32 - 1), version=st.sampled_from([0, 1, 2]))
+def test_fuzz_raw_tails(tmp_path_factory, tail, length, version):
+    path = tmp_path_factory.mktemp("tail") / "x.wapp"
+    path.write_bytes(tail + TRAILER.pack(b"WEFTWAPP", version, length))
+    with pytest.raises(FooterError):
+        read_footer(path)
