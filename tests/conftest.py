@@ -69,3 +69,17 @@ def store_env(tmp_path: Path) -> dict[str, str]:
     """An environment whose package store and app data live under tmp_path."""
     return {"HOME": str(tmp_path / "home"), "WEFT_APP_STORE": str(tmp_path / "store"),
             "WEFT_APP_DATA": str(tmp_path / "app-data")}
+
+
+@pytest.fixture
+def sample_image(sample_package: Path, keypair: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A signed `<id>-<version>.wapp` of `sample_package`, signed by `keypair` (needs mkfs.erofs)."""
+    import shutil
+
+    from weft.pack.image import build_image, image_name
+    from weft.pack.keys import load_signing_key
+
+    if shutil.which("mkfs.erofs") is None:
+        pytest.skip("erofs-utils not installed")
+    out = tmp_path / "images" / image_name("com.example.notes", "1.0.0")
+    return build_image(sample_package, load_signing_key(keypair[0]), out, progress=lambda _message: None)

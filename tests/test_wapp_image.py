@@ -210,6 +210,10 @@ def test_not_an_image(tmp_path, trusted):
         verify_image(tmp_path / "x.wapp", trusted)
 
 
+def test_shared_sample_image_fixture_verifies(sample_image, trusted):
+    assert verify_image(sample_image, trusted).footer.app_id == "com.example.notes"
+
+
 def test_trusted_key_directory(image, keypair, other_keypair, tmp_path):
     keydir = tmp_path / "trusted"
     keydir.mkdir()
