@@ -1,6 +1,7 @@
-"""Shared fixtures: a sample app package on disk and a publisher key pair.
+"""Shared fixtures: a sample app package on disk, a publisher key pair, a signed app image.
 
-`make_package(...)` is reusable by any test that needs a real package directory.
+`make_package(...)` / `write_package(dir, ...)` make real package directories;
+`sample_image` is a signed `.wapp` of the sample package, verifiable with `keypair[1]`.
 """
 from __future__ import annotations
 
