@@ -145,3 +145,16 @@ def test_fuzz_command_lines_never_raise(data, tmp_path, monkeypatch, sample_pack
         code = exc.code
     assert isinstance(code, int)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_verity_cli_random_salt_by_default(tmp_path):
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(4096 * 3))
+    salts = set()
+    for name in ("h1", "h2"):
+        out = run([*VERITY, "format", str(data), str(tmp_path / name)]).stdout
+        fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines()[1:])}
+        salts.add(fields["Salt"])
+        assert len(fields["Salt"]) == 64
+        assert run([*VERITY, "verify", str(data), str(tmp_path / name), fields["Root hash"]]).returncode == 0
+    assert len(salts) == 2
