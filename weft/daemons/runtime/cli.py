@@ -24,7 +24,7 @@ from weft.daemons.runtime.channels import Relay
 from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
 from weft.daemons.runtime.session import AppSession, ExitCode, SessionSettings
 from weft.errors import UsageError
-from weft.manifest import load_manifest, require_app_id, resolve_inside
+from weft.manifest import is_valid_app_id, load_manifest, resolve_inside
 from weft.store import StorePaths
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -65,8 +65,8 @@ def _parse(argv: Sequence[str]):  # type: ignore[no-untyped-def]
         raise UsageError("APP_ID and SESSION_ID are required (or --standby / --compile-only)")
     if args.session_id is not None and args.session_id < 1:
         raise UsageError(f"invalid session id: {args.session_id}")
-    if args.app_id is not None:
-        require_app_id(args.app_id)
+    if args.app_id is not None and not is_valid_app_id(args.app_id):
+        raise UsageError(f"'{args.app_id}' is not a valid app ID (expected e.g. com.example.notes)")
     return args
 
 

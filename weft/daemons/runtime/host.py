@@ -75,10 +75,10 @@ class HostImports:
             response = http.fetch(self.grants, url, method, [tuple(h) for h in headers], body)
         except http.FetchDenied as exc:
             return _err(str(exc))
-        record = Record()  # wasmtime-py needs a Record instance for a WIT record
-        record.status = response.status
-        record.content_type = response.content_type
-        record.body = response.body
+        record = Record()  # wasmtime-py needs a Record instance, with the WIT field names
+        setattr(record, "status", response.status)
+        setattr(record, "content-type", response.content_type)
+        setattr(record, "body", response.body)
         return record
 
     # -- notifications, clipboard ---------------------------------------------------------
