@@ -120,7 +120,7 @@ class Portal:
 
     def read(self, path: str) -> dict:
         root, inner = self.locate(path)
-        fd = openat2(root.fd, inner, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = openat2(root.fd, inner, os.O_RDONLY)  # symlinks are followed only while they stay beneath
         with os.fdopen(fd, "rb") as fh:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", path)
