@@ -36,8 +36,13 @@ def run_cli(entry: Callable[[Sequence[str]], int | None], argv: Sequence[str] | 
             raise
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a file-system failure the user can act on: say which file and why
+        if debug:
+            raise
+        sys.stderr.write(f"error: {exc.filename or 'file system'}: {exc.strerror or exc}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
-    except BrokenPipeError:
-        return 1

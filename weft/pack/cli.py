@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
-from weft.errors import UsageError, WeftError
+from weft.errors import UsageError
 from weft.manifest import load_manifest
 from weft.store import StorePaths
 
@@ -227,10 +227,7 @@ def build_parser() -> ArgumentParser:
 
 def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except OSError as exc:  # a file-system failure the user can act on: say which file and why
-        raise WeftError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
+    return args.func(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

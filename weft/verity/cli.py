@@ -7,7 +7,7 @@ import uuid as uuidlib
 from collections.abc import Sequence
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
-from weft.errors import UsageError, WeftError
+from weft.errors import UsageError
 from weft.verity.format import FormatResult, data_blocks_of, format_hash, same_file
 from weft.verity.params import HASH_ALGORITHMS, VerityParams
 from weft.verity.verify import read_superblock, verify_hash
@@ -117,10 +117,7 @@ def _verify(args) -> int:
 
 def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _format(args) if args.command == "format" else _verify(args)
-    except OSError as exc:  # a file-system failure the user can act on: say which file and why
-        raise WeftError(f"{exc.filename or 'file system'}: {exc.strerror or exc}") from None
+    return _format(args) if args.command == "format" else _verify(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
