@@ -143,12 +143,14 @@ class Appd:
         self.env = env
         self.socket = env.runtime_dir / "weft/appd.sock"
         self.log = env.root / "appd.log"
+        wsport = env.runtime_dir / "weft/appd.wsport"
+        wsport.unlink(missing_ok=True)  # a previous appd's; the new one writes it once both sockets are bound
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "weft.daemons.appd"], env={**env.vars, **(extra_env or {})},
                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_for(lambda: self.socket.exists() or self.process.poll() is not None, what="appd socket")
+        wait_for(lambda: wsport.exists() or self.process.poll() is not None, what="appd sockets")
         assert self.process.poll() is None, self.log.read_text()
-        self.ws_port = int((env.runtime_dir / "weft/appd.wsport").read_text())
+        self.ws_port = int(wsport.read_text())
         self.token = (env.runtime_dir / "weft/appd.token").read_text()
 
     def client(self) -> protocol.Client:

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.appd.config import AppdConfig
@@ -30,6 +31,12 @@ from weft.manifest import is_valid_app_id
 
 log = logging.getLogger("weft.appd")
 MAX_RESTORED = 64
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)  # readers never see a half-written file
 
 
 def _take_saved_sessions(config: AppdConfig) -> list[str]:
@@ -50,10 +57,7 @@ def _take_saved_sessions(config: AppdConfig) -> list[str]:
 
 
 def _save_sessions(config: AppdConfig, manager: SessionManager) -> None:
-    app_ids = [s.app_id for s in manager.live_sessions()]
-    partial = config.last_session_path.with_suffix(".partial")
-    partial.write_text(json.dumps(app_ids))
-    partial.replace(config.last_session_path)
+    _write_atomically(config.last_session_path, json.dumps([s.app_id for s in manager.live_sessions()]))
 
 
 async def serve(config: AppdConfig) -> None:
@@ -71,7 +75,7 @@ async def serve(config: AppdConfig) -> None:
     except OSError as exc:
         await unix.close()
         raise WeftError(f"cannot listen on 127.0.0.1:{config.ws_port}: {exc.strerror}") from None
-    config.wsport_path.write_text(str(port))
+    _write_atomically(config.wsport_path, str(port))
     pool.start()
 
     stop = asyncio.Event()
