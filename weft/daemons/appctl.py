@@ -111,24 +111,29 @@ def main_entry(argv: Sequence[str]) -> int:
         raise UsageError(exc.errors()[0]["msg"]) from None
 
 
+def _request(args) -> _Message:  # type: ignore[no-untyped-def]
+    """The request for a command, validated before anything is sent."""
+    if args.command == "ps":
+        return QueryRunning()
+    if args.command == "apps":
+        return QueryInstalledApps()
+    if args.command == "launch":
+        return LaunchApp(app_id=require_app_id(args.app_id))
+    if args.command == "send":
+        return IpcForward(session_id=args.session_id, payload=args.payload)
+    if args.command == "recv":
+        return IpcRecv(session_id=args.session_id, timeout_ms=max(0, min(60_000, int(args.timeout * 1000))))
+    return TerminateApp(session_id=args.session_id)
+
+
 def _run(args) -> int:  # type: ignore[no-untyped-def]
+    request = _request(args)
     with Client(_socket_path(args.socket)) as client:
-        if args.command == "ps":
-            reply = client.request(QueryRunning())
-        elif args.command == "apps":
-            reply = client.request(QueryInstalledApps())
-        elif args.command == "launch":
-            reply = _checked(client.request(LaunchApp(app_id=require_app_id(args.app_id))))
-            if args.wait_ready:
-                assert isinstance(reply, LaunchAck)
-                reply = _wait_ready(client, reply.session_id, args.timeout)
-        elif args.command == "send":
-            reply = client.request(IpcForward(session_id=args.session_id, payload=args.payload))
-        elif args.command == "recv":
-            timeout_ms = max(0, min(60_000, int(args.timeout * 1000)))
-            reply = client.request(IpcRecv(session_id=args.session_id, timeout_ms=timeout_ms))
-        else:
-            reply = client.request(TerminateApp(session_id=args.session_id))
+        reply = client.request(request)
+        if args.command == "launch" and args.wait_ready:
+            ack = _checked(reply)
+            assert isinstance(ack, LaunchAck)
+            reply = _wait_ready(client, ack.session_id, args.timeout)
     reply = _checked(reply)
     print(json.dumps(to_wire(reply)) if args.json else _human(reply))
     return 0

@@ -1,0 +1,62 @@
+"""The console scripts: --help everywhere, weft-appctl end to end, clear errors without tracebacks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from platform_support import Env, appd_factory, built_apps, compiled_cache, env  # noqa: F401  (fixtures)
+
+BIN = Path(sys.executable).parent
+
+
+def run(env: Env, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / argv[0]), *argv[1:]], env=env.vars, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("script", ["weft-appd", "weft-appctl", "weft-runtime", "weft-file-portal"])
+def test_every_script_has_help(script):
+    result = subprocess.run([str(BIN / script), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: " + script)
+
+
+def test_appctl_drives_a_session(env, built_apps, appd_factory):
+    env.install(built_apps["org.weft.demo.counter"])
+    appd_factory()
+    assert run(env, "weft-appctl", "apps").stdout == "org.weft.demo.counter\t0.1.0\tCounter\n"
+    launched = json.loads(run(env, "weft-appctl", "--json", "launch", "org.weft.demo.counter", "--wait-ready").stdout)
+    sid = launched["session_id"]
+    assert launched == {"type": "APP_STATE", "session_id": sid, "state": "running"}
+    assert run(env, "weft-appctl", "send", str(sid), "increment").stdout == f"{sid}\trunning\n"
+    assert run(env, "weft-appctl", "recv", str(sid)).stdout == '{"count":1}\n'
+    assert json.loads(run(env, "weft-appctl", "ps", "--json").stdout)["sessions"] == [
+        {"session_id": sid, "app_id": "org.weft.demo.counter"}]
+    assert run(env, "weft-appctl", "stop", str(sid)).stdout == f"{sid}\tstopping\n"
+    timeout = run(env, "weft-appctl", "recv", str(sid), "--timeout", "0.2")
+    assert timeout.returncode == 1
+    assert "no message from session" in timeout.stderr or "is stopped" in timeout.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["weft-appctl", "launch", "../etc"], "is not a valid app ID"),
+    (["weft-appctl", "send", "abc", "x"], "invalid session id"),
+    (["weft-appctl", "stop", "0"], "invalid session id"),
+    (["weft-appctl", "recv", "1"], "cannot connect to weft-appd"),
+    (["weft-appctl", "launch", "org.weft.not.installed"], "cannot connect to weft-appd"),
+])
+def test_appctl_errors_are_clear(env, argv, message):
+    result = run(env, *argv)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_appd_without_runtime_dir_is_a_clear_error(env):
+    vars_without = {k: v for k, v in env.vars.items() if k != "XDG_RUNTIME_DIR"}
+    result = subprocess.run([str(BIN / "weft-appd")], env=vars_without, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == "error: XDG_RUNTIME_DIR is not set; weft-appd keeps its sockets there\n"
