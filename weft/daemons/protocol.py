@@ -216,7 +216,7 @@ def parse_request(data: Any) -> _Message:
         fields = [f for f in REQUEST_TYPES[data[0]].model_fields if f != "type"]
         if len(data) - 1 > len(fields):
             raise ProtocolError(f"too many fields for {data[0]}")
-        data = {"type": data[0], **dict(zip(fields, data[1:]))}
+        data = {"type": data[0], **dict(zip(fields, data[1:], strict=False))}
     if not isinstance(data, dict):
         raise ProtocolError("a request must be a map or an array")
     if data.get("type") not in REQUEST_TYPES:

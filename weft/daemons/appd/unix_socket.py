@@ -15,7 +15,9 @@ import struct
 from pathlib import Path
 
 from weft.daemons.appd.dispatch import Caller, Dispatcher
-from weft.daemons.protocol import Error, FrameTooLarge, ProtocolError, decode_body, encode_frame, parse_request, read_frame
+from weft.daemons.protocol import (
+    Error, FrameTooLarge, ProtocolError, decode_body, encode_frame, parse_request, read_frame,
+)
 
 log = logging.getLogger("weft.appd")
 PEERCRED = struct.Struct("3i")  # pid, uid, gid

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from weft.daemons.relay import MAX_LINE_BYTES, FromRuntime, Ipc, Launch, Ready, RelayError, ToRuntime, decode_line, encode_line
+from weft.daemons.relay import MAX_LINE_BYTES, Ipc, Launch, Ready, RelayError, ToRuntime, decode_line, encode_line
 from weft.daemons.runtime.grants import Grants
 
 log = logging.getLogger("weft.runtime")

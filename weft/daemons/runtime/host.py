@@ -8,11 +8,8 @@ gracefully. `notify` and `ipc` need no capability.
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Callable
 from typing import Any
-
-WitResult = Any  # a Python value lowered into a WIT `result` (see OK)
 
 from wasmtime import Engine
 from wasmtime.component import Linker, Record, Variant
@@ -23,7 +20,7 @@ from weft.daemons.runtime.grants import Grants
 from weft.errors import WeftError
 from weft.proc import run
 
-log = logging.getLogger("weft.runtime")
+WitResult = Any  # a Python value lowered into a WIT `result` (see OK)
 
 PACKAGE = "weft:app"
 VERSION = "0.1.0"
@@ -76,9 +73,9 @@ class HostImports:
         except http.FetchDenied as exc:
             return _err(str(exc))
         record = Record()  # wasmtime-py needs a Record instance, with the WIT field names
-        setattr(record, "status", response.status)
-        setattr(record, "content-type", response.content_type)
-        setattr(record, "body", response.body)
+        record.status = response.status
+        setattr(record, "content-type", response.content_type)  # not a Python identifier
+        record.body = response.body
         return record
 
     # -- notifications, clipboard ---------------------------------------------------------
