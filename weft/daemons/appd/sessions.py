@@ -60,7 +60,7 @@ class Session:
         self.token = new_session_token()
         self.runtime: RuntimeProcess | None = None
         self.mailbox: collections.deque[str] = collections.deque(maxlen=MAILBOX_SIZE)
-        self.mail = asyncio.Condition()
+        self.mail = asyncio.Event()  # set while the mailbox has messages or the session has ended
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -153,27 +153,25 @@ class SessionManager:
                     session.state = SessionState.RUNNING
                     self.hub.publish(AppReady(session_id=session.id, app_id=session.app_id), session.id)
                 return
-            await self._deliver(session, message.payload)
+            self._deliver(session, message.payload)
 
     async def _relay(self, session: Session) -> None:
         assert session.runtime is not None
         while (message := await session.runtime.next_message()) is not None:
             if isinstance(message, Ipc):
-                await self._deliver(session, message.payload)
+                self._deliver(session, message.payload)
 
-    async def _deliver(self, session: Session, payload: str) -> None:
+    def _deliver(self, session: Session, payload: str) -> None:
         self.hub.publish(IpcMessage(session_id=session.id, payload=payload), session.id)
-        async with session.mail:
-            session.mailbox.append(payload)
-            session.mail.notify_all()
+        session.mailbox.append(payload)
+        session.mail.set()
 
     async def _teardown(self, session: Session) -> None:
         if session.runtime is not None:
             code = await asyncio.shield(session.runtime.stop(self.config.stop_grace_s))
             log.info("session %d: runtime %d exited with %s", session.id, session.runtime.pid, code)
         self._set_state(session, SessionState.STOPPED)
-        async with session.mail:
-            session.mail.notify_all()  # wake IPC_RECV waiters: nothing more will come
+        session.mail.set()  # wake IPC_RECV waiters: nothing more will come
 
     # -- IPC ------------------------------------------------------------------------------
     def forward(self, session: Session, payload: str) -> None:
@@ -187,11 +185,13 @@ class SessionManager:
     async def receive(self, session: Session, timeout_s: float) -> str | None:
         """The oldest undelivered app→UI message; None on timeout. Raises NotRunning when the
         session has ended and nothing is left."""
-        async with session.mail:
-            try:
-                await asyncio.wait_for(session.mail.wait_for(lambda: session.mailbox or not session.live), timeout_s)
-            except asyncio.TimeoutError:
-                return None
-            if session.mailbox:
-                return session.mailbox.popleft()
+        try:
+            await asyncio.wait_for(session.mail.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        if session.mailbox:
+            message = session.mailbox.popleft()
+            if not session.mailbox and session.live:
+                session.mail.clear()
+            return message
         raise NotRunning(f"session {session.id} is {session.state.value}")
