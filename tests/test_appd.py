@@ -1,12 +1,12 @@
 """weft-appd as a real process: real runtimes, real components, both transports."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -119,25 +119,22 @@ def test_peers_with_another_uid_are_refused(installed, appd_factory):
     appd = appd_factory()
     os.chmod(appd.socket.parent, 0o755)
     os.chmod(appd.socket, 0o666)  # only SO_PEERCRED stands in the way now
-    child = os.fork()
-    if child == 0:  # only syscalls, then _exit: safe in a forked test process
-        code = 1
-        try:
-            # reach the socket through a directory fd opened as root (the tmp ancestors are 0700)
-            directory = os.open(appd.socket.parent, os.O_PATH)
-            os.setuid(65534)
-            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: keep /proc/self/fd usable
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(10)
-                sock.connect(f"/proc/self/fd/{directory}/{appd.socket.name}")
-                try:
-                    sock.sendall(b"\x0f\x00\x00\x00\x91\xadQUERY_RUNNING")
-                    code = 0 if sock.recv(4) == b"" else 3
-                except ConnectionResetError:  # closed before reading our request
-                    code = 0
-        finally:
-            os._exit(code)
-    assert os.waitpid(child, 0)[1] == 0
+    # The tmp ancestors are 0700, so the client reaches the socket through an inherited
+    # directory fd; it runs the system Python because the venv's lives under /root.
+    directory = os.open(appd.socket.parent, os.O_PATH)
+    client = ("import socket, sys\n"
+              "s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
+              "try:\n"
+              "    s.sendall(bytes.fromhex('0f000000') + b'\\x91\\xadQUERY_RUNNING')\n"
+              "    sys.exit(0 if s.recv(4) == b'' else 3)\n"
+              "except (BrokenPipeError, ConnectionResetError):  # closed before or after our request\n"
+              "    sys.exit(0)\n")
+    try:
+        result = subprocess.run(["/usr/bin/python3", "-c", client, f"/proc/self/fd/{directory}/{appd.socket.name}"],
+                                user=65534, pass_fds=[directory], capture_output=True, text=True, timeout=20)
+    finally:
+        os.close(directory)
+    assert result.returncode == 0, result.stderr
     assert "refusing a Unix client with uid 65534" in appd.log.read_text()
 
 
