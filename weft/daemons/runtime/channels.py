@@ -20,6 +20,7 @@ from weft.daemons.relay import MAX_LINE_BYTES, Ipc, Launch, Ready, RelayError, T
 from weft.daemons.runtime.grants import Grants
 
 log = logging.getLogger("weft.runtime")
+INBOX_SIZE = 1024
 
 
 class Relay:
@@ -29,7 +30,9 @@ class Relay:
         self.sock = sock
         self.rfile = sock.makefile("rb")
         self.write_lock = threading.Lock()
-        self.inbox: queue.Queue[str | None] = queue.Queue()
+        # Bounded: when the guest stops reading, the reader blocks, the socket fills and appd
+        # answers IPC_FORWARD with BUSY instead of anyone buffering without limit.
+        self.inbox: queue.Queue[str | None] = queue.Queue(maxsize=INBOX_SIZE)
 
     def wait_launch(self) -> Launch | None:
         """Standby: block until appd assigns a session (None if appd went away first)."""
@@ -55,7 +58,10 @@ class Relay:
         on_eof()  # appd is gone or ended the session
 
     def close_inbox(self) -> None:
-        self.inbox.put(None)
+        try:
+            self.inbox.put_nowait(None)
+        except queue.Full:
+            pass  # the guest is not waiting in recv; the stop timer interrupts it instead
 
     def send_ready(self) -> None:
         self._send(encode_line(Ready()))

@@ -10,6 +10,7 @@ Exit status: 0 the app returned, 1 it failed or trapped, 2 usage, 3 stopped on r
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from weft.manifest import is_valid_app_id, load_manifest, resolve_inside
 from weft.store import StorePaths
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+PR_SET_PDEATHSIG = 1
 
 
 class StopSignals:
@@ -37,6 +39,8 @@ class StopSignals:
     def __init__(self) -> None:
         self.session: AppSession | None = None
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by every later thread
+        # If appd dies without closing our relay cleanly, we still hear about it.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         threading.Thread(target=self._wait, name="stop-signals", daemon=True).start()
 
     def _wait(self) -> None:
