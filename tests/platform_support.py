@@ -156,7 +156,7 @@ class Appd:
     def client(self) -> protocol.Client:
         return protocol.Client(str(self.socket), timeout=30)
 
-    def request(self, message: protocol._Message) -> protocol._Message:
+    def request(self, message: protocol.Message) -> protocol.Message:
         with self.client() as client:
             return client.request(message)
 

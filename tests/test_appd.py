@@ -78,8 +78,10 @@ def test_launch_ipc_roundtrip_and_stop(installed, appd_factory):
 
 def test_unknown_sessions_and_installed_apps(installed, appd_factory):
     appd = appd_factory()
-    reply = appd.request(protocol.QueryAppState(session_id=999))
-    assert reply == protocol.Error(code=ErrorCode.SESSION_NOT_FOUND, message="session 999 not found")
+    assert appd.request(protocol.QueryAppState(session_id=999)) == protocol.AppState(
+        session_id=999, state=SessionState.NOT_FOUND)
+    assert appd.request(protocol.TerminateApp(session_id=999)) == protocol.Error(
+        code=ErrorCode.SESSION_NOT_FOUND, message="session 999 not found")
     apps = appd.request(protocol.QueryInstalledApps())
     assert [(a.app_id, a.name, a.version) for a in apps.apps] == [
         ("org.weft.demo.counter", "Counter", "0.1.0"), ("org.weft.demo.notes", "Notes", "0.1.0"),

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.protocol import (
     AppState, Client, Error, InstalledApps, IpcForward, IpcMessage, IpcRecv, LaunchAck, LaunchApp,
-    QueryAppState, QueryInstalledApps, QueryRunning, RunningApps, SessionState, TerminateApp, _Message, to_wire,
+    QueryAppState, QueryInstalledApps, QueryRunning, RunningApps, SessionState, TerminateApp, Message, to_wire,
 )
 from weft.errors import UsageError, WeftError
 from weft.manifest import require_app_id
@@ -37,7 +37,7 @@ def _socket_path(explicit: str | None) -> str:
     return str(Path(os.environ["XDG_RUNTIME_DIR"]) / "weft/appd.sock")
 
 
-def _checked(reply: _Message) -> _Message:
+def _checked(reply: Message) -> Message:
     if isinstance(reply, Error):
         raise WeftError(f"weft-appd: {reply.message}")
     return reply
@@ -57,7 +57,7 @@ def _wait_ready(client: Client, session_id: int, timeout_s: float) -> AppState:
         time.sleep(POLL_S)
 
 
-def _human(reply: _Message) -> str:
+def _human(reply: Message) -> str:
     if isinstance(reply, RunningApps):
         return "\n".join(f"{s.session_id}\t{s.app_id}" for s in reply.sessions)
     if isinstance(reply, InstalledApps):
@@ -111,7 +111,7 @@ def main_entry(argv: Sequence[str]) -> int:
         raise UsageError(exc.errors()[0]["msg"]) from None
 
 
-def _request(args) -> _Message:  # type: ignore[no-untyped-def]
+def _request(args) -> Message:  # type: ignore[no-untyped-def]
     """The request for a command, validated before anything is sent."""
     if args.command == "ps":
         return QueryRunning()

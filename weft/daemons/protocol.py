@@ -51,54 +51,54 @@ class SessionState(str, enum.Enum):
     NOT_FOUND = "not_found"
 
 
-class _Message(BaseModel):
+class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 # ---- requests -------------------------------------------------------------------------
 
-class LaunchApp(_Message):
+class LaunchApp(Message):
     type: Literal["LAUNCH_APP"] = "LAUNCH_APP"
     app_id: AppId
     surface_id: int = 0  # kept for compatibility; optional here (the reference dropped requests without it)
 
 
-class TerminateApp(_Message):
+class TerminateApp(Message):
     type: Literal["TERMINATE_APP"] = "TERMINATE_APP"
     session_id: SessionId
 
 
-class QueryRunning(_Message):
+class QueryRunning(Message):
     type: Literal["QUERY_RUNNING"] = "QUERY_RUNNING"
 
 
-class QueryAppState(_Message):
+class QueryAppState(Message):
     type: Literal["QUERY_APP_STATE"] = "QUERY_APP_STATE"
     session_id: SessionId
 
 
-class QueryInstalledApps(_Message):
+class QueryInstalledApps(Message):
     type: Literal["QUERY_INSTALLED_APPS"] = "QUERY_INSTALLED_APPS"
 
 
-class IpcForward(_Message):
+class IpcForward(Message):
     type: Literal["IPC_FORWARD"] = "IPC_FORWARD"
     session_id: SessionId
     payload: Payload
 
 
-class IpcRecv(_Message):
+class IpcRecv(Message):
     type: Literal["IPC_RECV"] = "IPC_RECV"
     session_id: SessionId
     timeout_ms: Annotated[int, Field(ge=0, le=60_000)] = 5_000
 
 
-class QuerySessionToken(_Message):
+class QuerySessionToken(Message):
     type: Literal["QUERY_SESSION_TOKEN"] = "QUERY_SESSION_TOKEN"
     session_id: SessionId
 
 
-class PanelGesture(_Message):
+class PanelGesture(Message):
     type: Literal["PANEL_GESTURE"] = "PANEL_GESTURE"
     gesture_type: U32
     fingers: U32
@@ -111,7 +111,7 @@ Request = Annotated[
           IpcRecv, QuerySessionToken, PanelGesture],
     Field(discriminator="type"),
 ]
-REQUEST_TYPES: dict[str, type[_Message]] = {
+REQUEST_TYPES: dict[str, type[Message]] = {
     cls.model_fields["type"].default: cls
     for cls in (LaunchApp, TerminateApp, QueryRunning, QueryAppState, QueryInstalledApps, IpcForward,
                 IpcRecv, QuerySessionToken, PanelGesture)
@@ -121,58 +121,58 @@ _REQUEST = TypeAdapter(Request)
 # ---- replies and notifications ------------------------------------------------------------
 
 
-class SessionInfo(_Message):
+class SessionInfo(Message):
     session_id: SessionId
     app_id: str
 
 
-class AppInfo(_Message):
+class AppInfo(Message):
     app_id: str
     name: str
     version: str
 
 
-class LaunchAck(_Message):
+class LaunchAck(Message):
     type: Literal["LAUNCH_ACK"] = "LAUNCH_ACK"
     session_id: SessionId
     app_id: str
 
 
-class AppReady(_Message):
+class AppReady(Message):
     type: Literal["APP_READY"] = "APP_READY"
     session_id: SessionId
     app_id: str
 
 
-class RunningApps(_Message):
+class RunningApps(Message):
     type: Literal["RUNNING_APPS"] = "RUNNING_APPS"
     sessions: list[SessionInfo]
 
 
-class AppState(_Message):
+class AppState(Message):
     type: Literal["APP_STATE"] = "APP_STATE"
     session_id: SessionId
     state: SessionState
 
 
-class InstalledApps(_Message):
+class InstalledApps(Message):
     type: Literal["INSTALLED_APPS"] = "INSTALLED_APPS"
     apps: list[AppInfo]
 
 
-class IpcMessage(_Message):
+class IpcMessage(Message):
     type: Literal["IPC_MESSAGE"] = "IPC_MESSAGE"
     session_id: SessionId
     payload: str
 
 
-class SessionToken(_Message):
+class SessionToken(Message):
     type: Literal["SESSION_TOKEN"] = "SESSION_TOKEN"
     session_id: SessionId
     token: str
 
 
-class NavigationGesture(_Message):
+class NavigationGesture(Message):
     type: Literal["NAVIGATION_GESTURE"] = "NAVIGATION_GESTURE"
     gesture_type: int
     fingers: int
@@ -180,7 +180,7 @@ class NavigationGesture(_Message):
     dy: float
 
 
-class Error(_Message):
+class Error(Message):
     type: Literal["ERROR"] = "ERROR"
     code: int
     message: str
@@ -208,7 +208,7 @@ def _describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
-def parse_request(data: Any) -> _Message:
+def parse_request(data: Any) -> Message:
     """A request from a decoded msgpack/JSON value: a map with `type`, or an array."""
     if isinstance(data, (list, tuple)):
         if not data or not isinstance(data[0], str) or data[0] not in REQUEST_TYPES:
@@ -227,20 +227,20 @@ def parse_request(data: Any) -> _Message:
         raise ProtocolError(f"invalid {data['type']}: {_describe(exc)}") from None
 
 
-def parse_reply(data: Any) -> _Message:
+def parse_reply(data: Any) -> Message:
     try:
         return _REPLY.validate_python(data)
     except ValidationError as exc:
         raise ProtocolError(f"invalid reply: {_describe(exc)}") from None
 
 
-def to_wire(message: _Message) -> dict[str, Any]:
+def to_wire(message: Message) -> dict[str, Any]:
     return message.model_dump(mode="json")
 
 
 # ---- JSON (WebSocket) -----------------------------------------------------------------------
 
-def decode_json_request(text: str | bytes) -> _Message:
+def decode_json_request(text: str | bytes) -> Message:
     if len(text) > MAX_FRAME_BYTES:
         raise ProtocolError(f"message larger than {MAX_FRAME_BYTES} bytes")
     try:
@@ -250,7 +250,7 @@ def decode_json_request(text: str | bytes) -> _Message:
     return parse_request(data)
 
 
-def encode_json(message: _Message) -> str:
+def encode_json(message: Message) -> str:
     return message.model_dump_json()
 
 
@@ -260,7 +260,7 @@ class FrameTooLarge(ProtocolError):
     """The declared length exceeds the cap; the stream cannot be resynchronised."""
 
 
-def encode_frame(message: _Message | dict[str, Any] | list[Any]) -> bytes:
+def encode_frame(message: Message | dict[str, Any] | list[Any]) -> bytes:
     body = msgpack.packb(to_wire(message) if isinstance(message, BaseModel) else message, use_bin_type=True)
     if len(body) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
@@ -318,7 +318,7 @@ class Client:
             self.sock.close()
             raise WeftError(f"cannot connect to weft-appd at {path}: {exc.strerror or exc}") from None
 
-    def request(self, message: _Message) -> _Message:
+    def request(self, message: Message) -> Message:
         self.sock.sendall(encode_frame(message))
         length = _check_length(_recv_exactly(self.sock, LENGTH.size))
         return parse_reply(decode_body(_recv_exactly(self.sock, length)))

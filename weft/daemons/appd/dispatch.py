@@ -14,7 +14,7 @@ from weft.daemons.appd.sessions import Busy, Hub, NotRunning, SessionManager
 from weft.daemons.protocol import (
     AppState, Error, ErrorCode, InstalledApps, IpcForward, IpcMessage, IpcRecv, LaunchAck, LaunchApp,
     NavigationGesture, PanelGesture, QueryAppState, QueryInstalledApps, QueryRunning, QuerySessionToken,
-    RunningApps, SessionInfo, SessionToken, TerminateApp, _Message,
+    RunningApps, SessionInfo, SessionState, SessionToken, TerminateApp, Message,
 )
 from weft.errors import WeftError
 from weft.store import StorePaths
@@ -39,7 +39,7 @@ class Dispatcher:
         self.hub = hub
         self.store = store
 
-    async def handle(self, request: _Message, caller: Caller) -> _Message:
+    async def handle(self, request: Message, caller: Caller) -> Message:
         if caller.bound_session is not None:
             if not isinstance(request, SESSION_REQUESTS) or request.session_id != caller.bound_session:
                 return Error(code=ErrorCode.NOT_PERMITTED,
@@ -56,10 +56,10 @@ class Dispatcher:
             self.hub.publish(gesture)
             return gesture
         session = self.manager.get(request.session_id)  # type: ignore[attr-defined]
+        if isinstance(request, QueryAppState):  # as in the reference: an unknown session is `not_found`
+            return AppState(session_id=request.session_id, state=session.state if session else SessionState.NOT_FOUND)
         if session is None:
             return _not_found(request.session_id)  # type: ignore[attr-defined]
-        if isinstance(request, QueryAppState):
-            return AppState(session_id=session.id, state=session.state)
         if isinstance(request, TerminateApp):
             self.manager.terminate(session)
             return AppState(session_id=session.id, state=session.state)
@@ -82,7 +82,7 @@ class Dispatcher:
             return Error(code=ErrorCode.BUSY, message=str(exc))
         raise AssertionError(f"unhandled request {request.type}")  # type: ignore[attr-defined]
 
-    def _launch(self, request: LaunchApp) -> _Message:
+    def _launch(self, request: LaunchApp) -> Message:
         try:
             self.store.find_package(request.app_id)
         except WeftError as exc:

@@ -15,7 +15,7 @@ import logging
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
 from weft.daemons.appd.tokens import new_session_token
-from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, SessionState, _Message
+from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, SessionState, Message
 from weft.daemons.relay import Ipc, Launch, Ready, RelayError
 
 log = logging.getLogger("weft.appd")
@@ -32,10 +32,10 @@ class Subscriber:
 
     def __init__(self, session_id: int | None):
         self.session_id = session_id
-        self.queue: asyncio.Queue[_Message] = asyncio.Queue()
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.dropped = 0
 
-    def offer(self, message: _Message) -> None:
+    def offer(self, message: Message) -> None:
         if self.queue.qsize() >= SUBSCRIBER_QUEUE:
             self.dropped += 1  # a client that does not read loses broadcasts, never blocks appd
             return
@@ -46,7 +46,7 @@ class Hub:
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
 
-    def publish(self, message: _Message, session_id: int | None = None) -> None:
+    def publish(self, message: Message, session_id: int | None = None) -> None:
         for subscriber in self.subscribers:
             if subscriber.session_id is None or subscriber.session_id == session_id:
                 subscriber.offer(message)
