@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from platform_support import (  # noqa: F401  (fixtures)
@@ -152,6 +152,17 @@ def test_websocket_needs_the_token_and_an_allowed_origin(installed, appd_factory
         assert json.loads(ws.recv(timeout=5)) == {"type": "RUNNING_APPS", "sessions": []}
         ws.send("not json")
         assert json.loads(ws.recv(timeout=5))["type"] == "ERROR"
+
+
+def test_oversized_websocket_message_closes_only_that_connection(installed, appd_factory):
+    appd = appd_factory()
+    with connect(appd.ws_url()) as greedy, connect(appd.ws_url()) as polite:
+        greedy.send(json.dumps({"type": "QUERY_RUNNING", "pad": "x" * (protocol.MAX_FRAME_BYTES + 1)}))
+        with pytest.raises(ConnectionClosed) as excinfo:
+            greedy.recv(timeout=5)
+        assert excinfo.value.rcvd.code == 1009  # message too big
+        polite.send(json.dumps({"type": "QUERY_RUNNING"}))
+        assert json.loads(polite.recv(timeout=5))["type"] == "RUNNING_APPS"
 
 
 def test_session_bound_websocket_sees_only_its_own_session(installed, appd_factory):
