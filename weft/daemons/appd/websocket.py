@@ -39,7 +39,8 @@ class WebSocketServer:
     async def start(self) -> int:
         """Bind 127.0.0.1 (loopback only) and return the port actually bound."""
         self.server = await serve(self._connection, "127.0.0.1", self.port, process_request=self._admit,
-                                  max_size=MAX_FRAME_BYTES, ping_interval=None)
+                                  max_size=MAX_FRAME_BYTES, ping_interval=None,
+                                  compression=None)  # small local messages: deflate only costs CPU
         return self.server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
