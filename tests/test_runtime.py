@@ -203,3 +203,14 @@ def test_relay_messages_before_launch_are_refused(env, tmp_path):
     assert "expected a launch message first" in stderr
     assert "Traceback" not in stderr
 
+
+
+def test_compile_only_fills_the_cache_at_install_time(env, built_apps, tmp_path):
+    env.install(built_apps["org.weft.demo.counter"])
+    cache_dir = tmp_path / "fresh-cache"
+    result = subprocess.run([sys.executable, "-m", "weft.daemons.runtime", "--compile-only", "org.weft.demo.counter"],
+                            env={**env.vars, "WEFT_CACHE_DIR": str(cache_dir)}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [p.suffix for p in (cache_dir / "components").iterdir()] == [".cwasm"]
+    assert stat.S_IMODE((cache_dir / "components").stat().st_mode) == 0o700
