@@ -89,7 +89,13 @@ async def spawn_runtime(config: AppdConfig) -> RuntimeProcess:
         raise
     finally:
         theirs.close()
-    reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE_BYTES + 1)
+    try:
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE_BYTES + 1)
+    except BaseException:  # cancelled (a terminate or shutdown) mid-spawn: leave nothing behind
+        ours.close()
+        process.kill()
+        await asyncio.shield(process.wait())
+        raise
     return RuntimeProcess(process, reader, writer)
 
 
