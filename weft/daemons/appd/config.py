@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from weft.errors import WeftError
 from weft.store import StorePaths
@@ -50,7 +50,7 @@ class AppdConfig(BaseModel):
         xdg_runtime = Path(env["XDG_RUNTIME_DIR"])
         runtime_dir = xdg_runtime / "weft"
         runtime_bin = env.get("WEFT_RUNTIME_BIN")
-        return cls(
+        values = dict(
             runtime_dir=runtime_dir,
             socket_path=Path(env.get("WEFT_APPD_SOCKET") or runtime_dir / "appd.sock"),
             ws_port=_int(env, "WEFT_APPD_WS_PORT", DEFAULT_WS_PORT),
@@ -59,10 +59,15 @@ class AppdConfig(BaseModel):
             (sys.executable, "-m", "weft.daemons.runtime"),
             scope_command=_scope_command(env, xdg_runtime),
             pool_size=_int(env, "WEFT_RUNTIME_POOL", 2),
-            ready_timeout_s=float(env.get("WEFT_READY_TIMEOUT_S", 30.0)),
+            ready_timeout_s=_number(env, "WEFT_READY_TIMEOUT_S", 30.0),
             memory_mib=_int(env, "WEFT_APP_MEMORY_MIB", 256),
             store=StorePaths.from_env(env),
         )
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise WeftError(f"invalid appd setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -70,6 +75,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(env.get(name, default))
     except ValueError:
         raise WeftError(f"{name} must be an integer, not {env[name]!r}") from None
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(env.get(name, default))
+    except ValueError:
+        raise WeftError(f"{name} must be a number, not {env[name]!r}") from None
 
 
 def _scope_command(env: Mapping[str, str], xdg_runtime: Path) -> tuple[str, ...]:
