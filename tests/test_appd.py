@@ -229,6 +229,26 @@ def test_runtime_crash_is_cleaned_up(installed, appd_factory):
     assert appd.roundtrip(appd.launch("org.weft.demo.counter"), "get") == '{"count":0}'
 
 
+def test_launch_and_stop_cycles_leak_no_descriptors_or_processes(installed, appd_factory):
+    appd = appd_factory()
+
+    def cycle() -> None:
+        sid = appd.launch("org.weft.demo.counter")
+        appd.roundtrip(sid, "get")
+        appd.request(protocol.TerminateApp(session_id=sid))
+        appd.wait_state(sid, SessionState.STOPPED)
+
+    def settled() -> tuple[int, int]:
+        time.sleep(1.0)  # let the pool finish starting its replacement runtime
+        return len(os.listdir(f"/proc/{appd.process.pid}/fd")), len(appd.env.processes())
+
+    cycle()
+    before = settled()
+    for _ in range(10):
+        cycle()
+    assert settled() == before
+
+
 def test_ready_timeout_stops_the_session(installed, appd_factory):
     appd = appd_factory(WEFT_READY_TIMEOUT_S="1")
     reply = appd.request(protocol.LaunchApp(app_id="org.weft.test.silent"))
