@@ -67,6 +67,8 @@ def _parse(argv: Sequence[str]):  # type: ignore[no-untyped-def]
         raise UsageError("--compile-only takes exactly APP_ID")
     if not (args.standby or args.compile_only) and (args.app_id is None or args.session_id is None):
         raise UsageError("APP_ID and SESSION_ID are required (or --standby / --compile-only)")
+    if not 16 <= args.memory_mib <= 65536:
+        raise UsageError(f"--memory-mib must be between 16 and 65536, not {args.memory_mib}")
     if args.session_id is not None and args.session_id < 1:
         raise UsageError(f"invalid session id: {args.session_id}")
     if args.app_id is not None and not is_valid_app_id(args.app_id):

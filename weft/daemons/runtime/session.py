@@ -10,8 +10,9 @@ import enum
 import logging
 import threading
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from wasmtime import Engine, Store, Trap, WasiConfig, WasmtimeError
 from wasmtime.component import Component, Func, Instance
 
@@ -39,7 +40,7 @@ class SessionSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
     app_id: str
     session_id: int
-    memory_mib: int = 256
+    memory_mib: Annotated[int, Field(ge=16, le=65536)] = 256
 
 
 class GuestOutput:
