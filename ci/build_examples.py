@@ -55,8 +55,9 @@ def _compile(src: Path, out: Path) -> None:
             subprocess.run([wasm_tools, "component", "new", str(core), "-o", str(out)], check=True)
             subprocess.run([wasm_tools, "validate", str(out)], check=True)
         elif (src / "app.py").exists():
+            shutil.copy2(src / "app.py", tmp)  # build from a copy: no __pycache__ in the source tree
             subprocess.run([_tool("componentize-py"), "-d", str(WIT_DIR), "-w", "app", "componentize",
-                            "app", "-o", str(out)], check=True, cwd=src, stdout=subprocess.DEVNULL)
+                            "app", "-o", str(out)], check=True, cwd=tmp, stdout=subprocess.DEVNULL)
         else:
             sys.exit(f"error: {src} has neither app.wat nor app.py")
 
