@@ -76,6 +76,15 @@ def test_launch_ipc_roundtrip_and_stop(installed, appd_factory):
     assert isinstance(reply, protocol.Error) and reply.code == ErrorCode.NOT_RUNNING
 
 
+def test_capability_denials_reach_the_ui_through_appd(installed, appd_factory):
+    appd = appd_factory()
+    sid = appd.launch("org.weft.test.probe")  # installed without any capability
+    assert appd.roundtrip(sid, "fetch:http://127.0.0.1:9/") == "err: capability 'net:fetch:127.0.0.1' not granted"
+    assert appd.roundtrip(sid, "files-write:/data/x:y").startswith("err: access denied")
+    assert appd.roundtrip(sid, "write:/data/x:y").startswith("oserror")  # no preopen at all
+    assert appd.state(sid) == SessionState.RUNNING
+
+
 def test_unknown_sessions_and_installed_apps(installed, appd_factory):
     appd = appd_factory()
     assert appd.request(protocol.QueryAppState(session_id=999)) == protocol.AppState(
