@@ -85,6 +85,17 @@ def test_capability_denials_reach_the_ui_through_appd(installed, appd_factory):
     assert appd.state(sid) == SessionState.RUNNING
 
 
+def test_live_sessions_are_capped(installed, appd_factory):
+    appd = appd_factory(WEFT_MAX_SESSIONS="2")
+    first = appd.launch("org.weft.demo.counter")
+    appd.launch("org.weft.demo.counter")
+    reply = appd.request(protocol.LaunchApp(app_id="org.weft.demo.counter"))
+    assert reply == protocol.Error(code=ErrorCode.BUSY, message="2 sessions are already running")
+    appd.request(protocol.TerminateApp(session_id=first))
+    appd.wait_state(first, SessionState.STOPPED)
+    appd.launch("org.weft.demo.counter")
+
+
 def test_unknown_sessions_and_installed_apps(installed, appd_factory):
     appd = appd_factory()
     assert appd.request(protocol.QueryAppState(session_id=999)) == protocol.AppState(

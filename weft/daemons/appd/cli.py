@@ -4,7 +4,7 @@ Listens on $XDG_RUNTIME_DIR/weft/appd.sock (msgpack) and ws://127.0.0.1:$WEFT_AP
 (JSON, token in $XDG_RUNTIME_DIR/weft/appd.token). Environment: WEFT_APPD_SOCKET,
 WEFT_APPD_WS_PORT (0 = any free port, written to appd.wsport), WEFT_APPD_ORIGINS,
 WEFT_RUNTIME_BIN, WEFT_RUNTIME_POOL, WEFT_READY_TIMEOUT_S, WEFT_APP_MEMORY_MIB,
-WEFT_DISABLE_CGROUP, WEFT_APP_STORE.
+WEFT_MAX_SESSIONS, WEFT_DISABLE_CGROUP, WEFT_APP_STORE.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ async def serve(config: AppdConfig) -> None:
     hub = Hub()
     pool = RuntimePool(config)
     manager = SessionManager(config, pool, hub)
-    dispatcher = Dispatcher(manager, hub, config.store)
+    dispatcher = Dispatcher(manager, hub, config.store, config.max_sessions)
     unix = UnixServer(config.socket_path, dispatcher)
     websocket = WebSocketServer(config.ws_port, boot_token, config.control_origins, manager, hub, dispatcher)
     await unix.start()

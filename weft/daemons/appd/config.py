@@ -29,6 +29,7 @@ class AppdConfig(BaseModel):
     ready_timeout_s: float = Field(30.0, gt=0)
     stop_grace_s: float = Field(3.0, gt=0)
     memory_mib: int = Field(256, ge=16)
+    max_sessions: int = Field(64, ge=1)  # live sessions; each is a process with its own memory
     store: StorePaths
 
     @property
@@ -61,6 +62,7 @@ class AppdConfig(BaseModel):
             pool_size=_int(env, "WEFT_RUNTIME_POOL", 2),
             ready_timeout_s=_number(env, "WEFT_READY_TIMEOUT_S", 30.0),
             memory_mib=_int(env, "WEFT_APP_MEMORY_MIB", 256),
+            max_sessions=_int(env, "WEFT_MAX_SESSIONS", 64),
             store=StorePaths.from_env(env),
         )
         try:

@@ -34,10 +34,11 @@ def _not_found(session_id: int) -> Error:
 
 
 class Dispatcher:
-    def __init__(self, manager: SessionManager, hub: Hub, store: StorePaths):
+    def __init__(self, manager: SessionManager, hub: Hub, store: StorePaths, max_sessions: int):
         self.manager = manager
         self.hub = hub
         self.store = store
+        self.max_sessions = max_sessions
 
     async def handle(self, request: Message, caller: Caller) -> Message:
         if caller.bound_session is not None:
@@ -83,6 +84,8 @@ class Dispatcher:
         raise AssertionError(f"unhandled request {request.type}")  # type: ignore[attr-defined]
 
     def _launch(self, request: LaunchApp) -> Message:
+        if len(self.manager.live_sessions()) >= self.max_sessions:
+            return Error(code=ErrorCode.BUSY, message=f"{self.max_sessions} sessions are already running")
         try:
             self.store.find_package(request.app_id)
         except WeftError as exc:
