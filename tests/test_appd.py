@@ -221,6 +221,12 @@ def test_websocket_control_client_sees_lifecycle_broadcasts(installed, appd_fact
         ws_receive_until(ws, lambda m: m["type"] == "APP_READY" and m["session_id"] == sid)
         ws.send(json.dumps({"type": "TERMINATE_APP", "session_id": sid}))
         ws_receive_until(ws, lambda m: m == {"type": "APP_STATE", "session_id": sid, "state": "stopped"})
+        gesture = {"gesture_type": 0, "fingers": 3, "dx": 150.0, "dy": -4.5}
+        with connect(appd.ws_url()) as shell:
+            ws.send(json.dumps({"type": "PANEL_GESTURE", **gesture, "dx": 150}))
+            expected = {"type": "NAVIGATION_GESTURE", **gesture}
+            assert ws_receive_until(ws, lambda m: m["type"] == "NAVIGATION_GESTURE") == expected
+            assert ws_receive_until(shell, lambda m: m["type"] == "NAVIGATION_GESTURE") == expected
 
 
 def test_runaway_guest_is_stopped(installed, appd_factory):
