@@ -17,6 +17,7 @@ import pytest
 from platform_support import (  # noqa: F401  (fixtures)
     Env, built_apps, compiled_cache, env, runtime_factory, with_capabilities,
 )
+from weft.daemons.runtime.fetch import MAX_BODY_BYTES
 from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
 from weft.daemons.runtime.session import ExitCode
 
@@ -34,10 +35,13 @@ def probe(env: Env, built_apps: dict[str, Path], tmp_path: Path):  # type: ignor
 def http_server() -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b"hello from the host"
-            self.send_response(200)
+            status, body = {"/": (200, b"hello from the host"), "/missing": (404, b"gone"),
+                            "/big": (200, b"x" * (MAX_BODY_BYTES + 1)), "/moved": (302, b"")}[self.path]
+            self.send_response(status)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
+            if status == 302:
+                self.send_header("Location", "http://localhost:1/elsewhere")
             self.end_headers()
             self.wfile.write(body)
 
@@ -86,6 +90,22 @@ def test_fetch_is_limited_to_allowlisted_hosts(env, probe, runtime_factory, http
     assert runtime.ask(f"fetch:{http_server}") == "200 text/plain hello from the host"
     assert runtime.ask("fetch:http://localhost:1/") == "err: capability 'net:fetch:localhost' not granted"
     assert runtime.ask("fetch:file:///etc/passwd").startswith("err: only http and https")
+    assert runtime.ask(f"fetch:{http_server}missing") == "404 text/plain gone"  # a response, not an error
+    assert runtime.ask(f"fetch:{http_server}moved") == "302 text/plain "  # not followed off the allowlist
+    assert runtime.ask(f"fetch:{http_server}big") == f"err: response body larger than {MAX_BODY_BYTES} bytes"
+
+
+def test_documents_capability_maps_home_documents_read_only(env, probe, runtime_factory):
+    documents = env.home / "Documents"
+    documents.mkdir()
+    (documents / "letter.txt").write_text("dear app")
+    runtime = runtime_factory(probe("org.weft.test.docreader", ["fs:read:xdg-documents"]))
+    runtime.wait_ready()
+    assert runtime.ask("read:/xdg/documents/letter.txt") == "dear app"
+    assert runtime.ask("files-list:/xdg/documents") == "letter.txt"
+    assert runtime.ask("write:/xdg/documents/letter.txt:changed").startswith("oserror")
+    assert runtime.ask("files-write:/xdg/documents/letter.txt:changed").startswith("err: access denied")
+    assert (documents / "letter.txt").read_text() == "dear app"
 
 
 def test_read_only_app_data_refuses_writes_through_wasi_and_the_portal(env, probe, runtime_factory):
