@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.image.build import PROFILES
 
 
 def _repo_root() -> Path:
@@ -86,7 +87,7 @@ def build_parser() -> ArgumentParser:
     image = top.add_parser("image", help="build, audit or flash the OS image")
     image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,audit,flash}")
     build = image_cmds.add_parser("build", help="build the disk image with mkosi (incremental)")
-    build.add_argument("--profile", default="default", choices=("default", "test"),
+    build.add_argument("--profile", default="default", choices=PROFILES,
                        help="`test` adds a root shell on the virtio console for VM tests")
     build.add_argument("--out", type=Path, help="output directory (default: mkosi.output/PROFILE)")
     build.add_argument("--clean", action="store_true",

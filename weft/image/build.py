@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -12,7 +13,7 @@ from weft.image.mkosi_tool import find_mkosi
 from weft.image.wheels import build_wheels
 from weft.proc import run
 
-PROFILES = ("default", "test")
+PROFILES = ("default", "test")  # mkosi.profiles/<name>/ holds what a profile adds
 
 
 class BuildConfig(BaseModel):
@@ -20,7 +21,7 @@ class BuildConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     repo: Path
-    profile: str = "default"
+    profile: Literal["default", "test"] = "default"
     out_dir: Path
     mkosi_cache: Path
     force_all: bool = False
@@ -52,8 +53,6 @@ def source_date_epoch(repo: Path) -> str:
 
 
 def build_image(config: BuildConfig) -> Path:
-    if config.profile not in PROFILES:
-        raise WeftError(f"unknown profile '{config.profile}' (known: {', '.join(PROFILES)})")
     if not (config.repo / "mkosi.conf").is_file():
         raise WeftError(f"{config.repo} has no mkosi.conf; run from the weft repository")
     mkosi = find_mkosi(config.mkosi_cache)

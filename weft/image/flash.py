@@ -104,8 +104,12 @@ def _confirm(image: Path, device: Path, size: int) -> None:
         raise WeftError("not confirmed; nothing was written")
 
 
-def _progress(label: str, done: int, total: int) -> None:
-    print(f"\rflash: {label} {done * 100 // total:3d}%", end="", file=sys.stderr, flush=True)
+def _progress(label: str, done: int, total: int, previous: int) -> int:
+    """Show the percentage when it changes; return it."""
+    percent = done * 100 // total
+    if percent != previous:
+        print(f"\rflash: {label} {percent:3d}%", end="", file=sys.stderr, flush=True)
+    return percent
 
 
 def _write(image: Path, device: Path) -> str:
@@ -115,12 +119,14 @@ def _write(image: Path, device: Path) -> str:
     fd = os.open(device, os.O_WRONLY | os.O_EXCL)
     try:
         with open(image, "rb") as src:
-            done = 0
+            done = shown = 0
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
-                os.write(fd, chunk)
+                view = memoryview(chunk)
+                while view:  # os.write may write less than asked
+                    view = view[os.write(fd, view):]
                 done += len(chunk)
-                _progress("writing", done, total)
+                shown = _progress("writing", done, total, shown)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -133,14 +139,14 @@ def _read_back(device: Path, length: int) -> str:
     with open(device, "rb") as dev:
         # Drop cached pages so the comparison reads what reached the device.
         os.posix_fadvise(dev.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        done = 0
+        done = shown = 0
         while done < length:
             chunk = dev.read(min(CHUNK, length - done))
             if not chunk:
                 break
             digest.update(chunk)
             done += len(chunk)
-            _progress("verifying", done, length)
+            shown = _progress("verifying", done, length, shown)
     print(file=sys.stderr)
     return digest.hexdigest()
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from qemu.qmp import ConnectError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from weft.errors import WeftError
-from weft.vm.accel import Accel
 from weft.vm.console import TestConsole
-from weft.vm.qemu import VmConfig, create_overlay, prepare_efi_vars, qemu_argv
+from weft.vm.qemu import Accel, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -62,20 +61,30 @@ class Machine:
         # QEMU is long-running, so it is spawned rather than run(); its stderr is kept.
         self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=open(self.workdir / f"{self.name}-qemu.stderr", "wb"))
-        self._wait_for_path(self.config.qmp_socket, 30)
-        self._qmp = QEMUMonitorProtocol(str(self.config.qmp_socket))
-        self._qmp.connect()
-        if self.config.test_console is not None:
-            self._console = TestConsole(self.config.test_console)
-            self._console.connect(timeout=30)
+        try:
+            self._qmp = self._connect_qmp(timeout=30)
+            if self.config.test_console is not None:
+                self._console = TestConsole(self.config.test_console)
+                self._console.connect(timeout=30)
+        except BaseException:
+            self.kill()
+            raise
 
-    def _wait_for_path(self, path: Path, timeout: float) -> None:
+    def _connect_qmp(self, timeout: float) -> QEMUMonitorProtocol:
+        """QEMU creates the socket file before it listens on it, so retry until it answers."""
         deadline = time.monotonic() + timeout
-        while not path.exists():
+        while True:
             self._check_running()
-            if time.monotonic() > deadline:
-                raise MachineError(f"{path} did not appear within {timeout:g} s")
-            time.sleep(0.1)
+            qmp = QEMUMonitorProtocol(str(self.config.qmp_socket))
+            try:
+                qmp.connect()
+                return qmp
+            except (ConnectError, OSError):
+                qmp.close()
+                if time.monotonic() > deadline:
+                    raise MachineError(f"QMP socket {self.config.qmp_socket} did not answer "
+                                       f"within {timeout:g} s") from None
+                time.sleep(0.2)
 
     def _check_running(self) -> None:
         if self._process is not None and self._process.poll() is not None:
@@ -214,7 +223,3 @@ class Machine:
         """Press a key combination such as "ctrl-alt-delete" (QEMU qcodes joined by '-')."""
         codes = [{"type": "qcode", "data": key} for key in keys.split("-")]
         self._monitor().cmd("send-key", keys=codes)
-
-
-def log(message: str) -> None:
-    print(f"vm: {message}", file=sys.stderr)

@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict
 
 from weft.errors import WeftError
 from weft.proc import find_tool, run
-from weft.vm.accel import Accel
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -17,6 +16,7 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 DISK_SIZE = "4G"
 
 Display = Literal["none", "gtk", "vnc"]
+Accel = Literal["kvm", "tcg"]
 
 
 class VmConfig(BaseModel):
@@ -32,6 +32,15 @@ class VmConfig(BaseModel):
     test_console: Path | None = None
     memory_mb: int = 2048
     cpus: int = 2
+
+
+def cpu_model(accel: Accel) -> str:
+    return "host" if accel == "kvm" else "max"
+
+
+def firmware_args(efi_vars: Path) -> list[str]:
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={efi_vars}"]
 
 
 def qemu_binary() -> str:
@@ -62,11 +71,10 @@ def qemu_argv(config: VmConfig) -> list[str]:
         qemu_binary(),
         "-accel", config.accel,
         "-machine", "q35",
-        "-cpu", "host" if config.accel == "kvm" else "max",
+        "-cpu", cpu_model(config.accel),
         "-m", str(config.memory_mb),
         "-smp", str(config.cpus),
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-        "-drive", f"if=pflash,format=raw,unit=1,file={config.efi_vars}",
+        *firmware_args(config.efi_vars),
         "-drive", f"if=virtio,format=qcow2,file={config.disk}",
         "-qmp", f"unix:{config.qmp_socket},server=on,wait=off",
         "-device", "virtio-rng-pci",

@@ -1,0 +1,71 @@
+"""The booted test image: clean boot, verified read-only root, baked keys."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+from weft.vm.machine import Machine
+
+
+def test_reaches_multi_user_with_no_failed_units(machine: Machine) -> None:
+    machine.wait_for_unit("multi-user.target")
+    assert machine.succeed("systemctl list-units --failed --no-legend --plain") == ""
+    assert machine.succeed("systemctl is-system-running --wait").strip() == "running"
+
+
+def test_root_is_erofs_on_dm_verity_and_read_only(machine: Machine) -> None:
+    mount = json.loads(machine.succeed("findmnt --json --output SOURCE,FSTYPE,OPTIONS /"))
+    root = mount["filesystems"][0]
+    assert root["source"] == "/dev/mapper/root"
+    assert root["fstype"] == "erofs"
+    assert "ro" in root["options"].split(",")
+    table = machine.succeed("dmsetup table root").split()
+    assert table[2] == "verity", table
+    # The root hash the kernel checks against is the one on the UKI's command line.
+    cmdline = machine.succeed("cat /proc/cmdline")
+    root_hash = table[table.index("sha256") + 1]
+    assert f"roothash={root_hash}" in cmdline
+    output = machine.fail("touch /usr/weft-write-test")
+    assert "Read-only file system" in output
+
+
+def test_trusted_publisher_keys_are_on_the_verified_root(machine: Machine) -> None:
+    keys = machine.succeed("ls /usr/share/weft/trusted-keys").split()
+    assert "weft-release.pub" in keys and "weft-test.pub" in keys
+    assert machine.succeed("findmnt --noheadings --output SOURCE --target /usr/share/weft/trusted-keys"
+                           ).strip() == "/dev/mapper/root"
+    for key in keys:
+        text = machine.succeed(f"cat /usr/share/weft/trusted-keys/{key}")
+        assert len(bytes.fromhex(text.strip())) == 32
+
+
+def test_weft_user_exists_with_home_on_the_state_partition(machine: Machine) -> None:
+    fields = machine.succeed("getent passwd weft").strip().split(":")
+    assert fields[5] == "/var/lib/weft"
+    assert machine.succeed("stat -c %U /var/lib/weft").strip() == "weft"
+
+
+def _active_vt(machine: Machine) -> str:
+    return machine.succeed("cat /sys/class/tty/tty0/active").strip()
+
+
+def test_keyboard_input_and_screenshot(machine: Machine, artifacts: Path) -> None:
+    # The kernel's keymap switches virtual terminals on Alt+F<n>: proof that QMP key events
+    # reach the guest's keyboard driver.
+    assert _active_vt(machine) == "tty1"
+    machine.send_key("alt-f2")
+    deadline = time.monotonic() + 30
+    while _active_vt(machine) != "tty2":
+        assert time.monotonic() < deadline, "Alt+F2 did not switch to tty2"
+        time.sleep(0.5)
+    machine.send_key("alt-f1")
+    png = machine.screenshot(artifacts / "display")
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the IHDR chunk
+    assert width >= 640 and height >= 480
+
+
+def test_tmp_is_a_writable_tmpfs(machine: Machine) -> None:
+    assert machine.succeed("findmnt --noheadings --output FSTYPE /tmp").strip() == "tmpfs"
+    machine.succeed("echo x > /tmp/weft-write-test && rm /tmp/weft-write-test")

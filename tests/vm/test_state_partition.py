@@ -1,0 +1,46 @@
+"""The writable state partition: absent from the built image, created by systemd-repart on
+first boot in the free space of the (larger) disk, mounted on /var, and kept across a reboot."""
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+from weft.image.gpt import read_partitions
+from weft.vm.machine import Machine
+
+GIB = 1 << 30
+
+
+def _state_partition(machine: Machine) -> dict:
+    devices = json.loads(machine.succeed("lsblk --json --bytes --output NAME,PARTLABEL,FSTYPE,SIZE,MOUNTPOINT"))
+    parts = [child for disk in devices["blockdevices"] for child in disk.get("children", [])
+             if child.get("partlabel") == "weft-state"]
+    assert len(parts) == 1, devices
+    return parts[0]
+
+
+def test_built_image_has_no_state_partition(test_image: Path) -> None:
+    assert "weft-state" not in [p.label for p in read_partitions(test_image)]
+
+
+def test_state_partition_created_on_first_boot_and_mounted_on_var(machine: Machine) -> None:
+    state = _state_partition(machine)
+    assert state["fstype"] == "ext4"
+    assert state["mountpoint"] == "/var"
+    # The virtual disk is 4 GiB and the image ~0.7 GiB: repart gave the rest to /var.
+    assert state["size"] > 3 * GIB
+    assert int(machine.succeed("df --output=size -B1 /var | tail -1")) > 3 * GIB - (256 << 20)
+    machine.succeed("touch /var/lib/weft/write-test && rm /var/lib/weft/write-test")
+
+
+def test_state_survives_a_reboot(machine: Machine) -> None:
+    marker = secrets.token_hex(16)
+    machine.succeed(f"echo {marker} > /var/lib/weft/reboot-marker && sync")
+    boot_id = machine.succeed("cat /proc/sys/kernel/random/boot_id").strip()
+    machine.reboot(timeout=900)
+    assert machine.succeed("cat /proc/sys/kernel/random/boot_id").strip() != boot_id
+    assert machine.succeed("cat /var/lib/weft/reboot-marker").strip() == marker
+    assert _state_partition(machine)["mountpoint"] == "/var"
+    machine.wait_for_unit("multi-user.target")
+    assert machine.succeed("systemctl list-units --failed --no-legend --plain") == ""
