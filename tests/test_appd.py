@@ -13,12 +13,18 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from platform_support import (  # noqa: F401  (fixtures)
+    Appd,
+    Env,
+    appd_factory,
+    built_apps,
+    compiled_cache,
+    env,
+    wait_for,
+)
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from platform_support import (  # noqa: F401  (fixtures)
-    Appd, Env, appd_factory, built_apps, compiled_cache, env, wait_for,
-)
 from weft.daemons import protocol
 from weft.daemons.protocol import ErrorCode, SessionState
 

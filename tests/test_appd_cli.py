@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from platform_support import Env, appd_factory, built_apps, compiled_cache, env  # noqa: F401  (fixtures)
 
 BIN = Path(sys.executable).parent

@@ -6,8 +6,16 @@ import re
 from pathlib import Path
 
 from platform_support import (  # noqa: F401  (fixtures)
-    APP_SOURCES, Env, _load_builder, appd_factory, built_apps, compiled_cache, env, runtime_factory,
+    APP_SOURCES,
+    Env,
+    _load_builder,
+    appd_factory,
+    built_apps,
+    compiled_cache,
+    env,
+    runtime_factory,
 )
+
 from weft.daemons.protocol import TerminateApp
 
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from platform_support import wait_for
+
 from weft.daemons.file_portal import MAX_FILE_BYTES, MAX_REQUEST_BYTES
 
 

@@ -18,8 +18,23 @@ from pydantic import ValidationError
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.protocol import (
-    AppState, Client, Error, InstalledApps, IpcForward, IpcMessage, IpcRecv, LaunchAck, LaunchApp,
-    QueryAppState, QueryInstalledApps, QueryRunning, RunningApps, SessionState, TerminateApp, Message, to_wire,
+    AppState,
+    Client,
+    Error,
+    InstalledApps,
+    IpcForward,
+    IpcMessage,
+    IpcRecv,
+    LaunchAck,
+    LaunchApp,
+    Message,
+    QueryAppState,
+    QueryInstalledApps,
+    QueryRunning,
+    RunningApps,
+    SessionState,
+    TerminateApp,
+    to_wire,
 )
 from weft.errors import UsageError, WeftError
 from weft.manifest import require_app_id

@@ -12,9 +12,27 @@ from dataclasses import dataclass
 from weft.daemons.appd.catalog import installed_apps
 from weft.daemons.appd.sessions import Busy, Hub, NotRunning, SessionManager
 from weft.daemons.protocol import (
-    AppState, Error, ErrorCode, InstalledApps, IpcForward, IpcMessage, IpcRecv, LaunchAck, LaunchApp,
-    NavigationGesture, PanelGesture, QueryAppState, QueryInstalledApps, QueryRunning, QuerySessionToken,
-    RunningApps, SessionInfo, SessionState, SessionToken, TerminateApp, Message,
+    AppState,
+    Error,
+    ErrorCode,
+    InstalledApps,
+    IpcForward,
+    IpcMessage,
+    IpcRecv,
+    LaunchAck,
+    LaunchApp,
+    Message,
+    NavigationGesture,
+    PanelGesture,
+    QueryAppState,
+    QueryInstalledApps,
+    QueryRunning,
+    QuerySessionToken,
+    RunningApps,
+    SessionInfo,
+    SessionState,
+    SessionToken,
+    TerminateApp,
 )
 from weft.errors import WeftError
 from weft.store import StorePaths

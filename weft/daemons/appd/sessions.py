@@ -15,7 +15,7 @@ import logging
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
 from weft.daemons.appd.tokens import new_session_token
-from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, SessionState, Message
+from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, Message, SessionState
 from weft.daemons.relay import Ipc, Launch, Ready, RelayError
 
 log = logging.getLogger("weft.appd")

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.protocol import (
-    Error, FrameTooLarge, ProtocolError, decode_body, encode_frame, parse_request, read_frame,
+    Error,
+    FrameTooLarge,
+    ProtocolError,
+    decode_body,
+    encode_frame,
+    parse_request,
+    read_frame,
 )
 
 log = logging.getLogger("weft.appd")
