@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from package_support import write_package
 
 from weft.errors import WeftError
 from weft.manifest import ManifestError
@@ -83,8 +84,6 @@ def test_uninstall_validates_the_id_and_presence(store):
 
 
 def test_list_dedupes_across_roots_first_root_wins(make_package, tmp_path):
-    from conftest import write_package
-
     user, system = tmp_path / "user", tmp_path / "system"
     write_package(user / "com.example.notes", version="2.0")
     write_package(system / "com.example.notes", version="1.0")
