@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from package_support import write_package
 
+# The app-platform fixtures (built example apps, compile cache, appd processes).
+pytest_plugins = ["platform_support"]
+
 
 @pytest.fixture
 def make_package(tmp_path: Path) -> Callable[..., Path]:

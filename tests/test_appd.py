@@ -13,15 +13,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from platform_support import (  # noqa: F401  (fixtures)
-    Appd,
-    Env,
-    appd_factory,
-    built_apps,
-    compiled_cache,
-    env,
-    wait_for,
-)
+from platform_support import Appd, Env, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 

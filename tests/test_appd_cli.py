@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from platform_support import Env, appd_factory, built_apps, compiled_cache, env  # noqa: F401  (fixtures)
+from platform_support import Env
 
 BIN = Path(sys.executable).parent
 

@@ -5,16 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from platform_support import (  # noqa: F401  (fixtures)
-    APP_SOURCES,
-    Env,
-    _load_builder,
-    appd_factory,
-    built_apps,
-    compiled_cache,
-    env,
-    runtime_factory,
-)
+from platform_support import APP_SOURCES, _load_builder
 
 from weft.daemons.protocol import TerminateApp
 

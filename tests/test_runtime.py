@@ -13,14 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from platform_support import (  # noqa: F401  (fixtures)
-    Env,
-    built_apps,
-    compiled_cache,
-    env,
-    runtime_factory,
-    with_capabilities,
-)
+from platform_support import Env, with_capabilities
 
 from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
 from weft.daemons.runtime.fetch import MAX_BODY_BYTES
