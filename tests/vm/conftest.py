@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from weft.vm.accel import detect_accel
-from weft.vm.qemu import Accel
 from weft.vm.machine import Machine
+from weft.vm.qemu import Accel
 from weft.vm.run import accel_cache_file
 
 REPO = Path(__file__).resolve().parents[2]

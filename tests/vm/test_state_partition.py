@@ -13,7 +13,8 @@ GIB = 1 << 30
 
 
 def _state_partition(machine: Machine) -> dict:
-    devices = json.loads(machine.succeed("lsblk --json --bytes --output NAME,PARTLABEL,FSTYPE,SIZE,MOUNTPOINT"))
+    listing = machine.succeed("lsblk --json --bytes --output NAME,PARTLABEL,FSTYPE,SIZE,MOUNTPOINT")
+    devices = json.loads(listing)
     parts = [child for disk in devices["blockdevices"] for child in disk.get("children", [])
              if child.get("partlabel") == "weft-state"]
     assert len(parts) == 1, devices

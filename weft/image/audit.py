@@ -40,7 +40,7 @@ class Allowlist(BaseModel):
     exception: tuple[HardeningException, ...] = ()
 
     @classmethod
-    def load(cls, path: Path = ALLOWLIST_FILE) -> "Allowlist":
+    def load(cls, path: Path = ALLOWLIST_FILE) -> Allowlist:
         return cls.model_validate(tomllib.loads(path.read_text()))
 
     def allowed_problems(self, path: str) -> set[str]:

@@ -45,7 +45,8 @@ def default_mkosi_cache() -> Path:
 
 
 def source_date_epoch(repo: Path) -> str:
-    """The last commit's time: a fixed timestamp for every file in the image."""
+    """The last commit's time: a fixed timestamp for every file in the image (the epoch
+    itself for a source tree that is not a git checkout)."""
     try:
         return run(["git", "-C", repo, "log", "-1", "--format=%ct"]).stdout.decode().strip()
     except WeftError:

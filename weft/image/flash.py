@@ -91,7 +91,8 @@ def check_target(image: Path, device: Path) -> int:
         raise WeftError(f"refusing to write to {device}: " + "; ".join(busy))
     size = int((SYS_BLOCK / name / "size").read_text()) * 512
     if size < image.stat().st_size:
-        raise WeftError(f"{device} ({size} bytes) is smaller than {image.name} ({image.stat().st_size} bytes)")
+        raise WeftError(f"{device} ({size} bytes) is smaller than {image.name} "
+                        f"({image.stat().st_size} bytes)")
     return size
 
 

@@ -104,4 +104,5 @@ class TestConsole:
                 return
             except ConsoleTimeout:
                 if time.monotonic() > deadline:
-                    raise ConsoleTimeout(f"the guest test shell did not answer within {timeout:g} s") from None
+                    raise ConsoleTimeout(
+                        f"the guest test shell did not answer within {timeout:g} s") from None

@@ -59,8 +59,9 @@ class Machine:
         (self.workdir / f"{self.name}-qemu.cmdline").write_text(" ".join(argv) + "\n")
         self.started_at = time.monotonic()
         # QEMU is long-running, so it is spawned rather than run(); its stderr is kept.
-        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=open(self.workdir / f"{self.name}-qemu.stderr", "wb"))
+        with open(self.workdir / f"{self.name}-qemu.stderr", "wb") as stderr:
+            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             self._qmp = self._connect_qmp(timeout=30)
             if self.config.test_console is not None:

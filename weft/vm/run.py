@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -41,5 +42,7 @@ def run_vm(image: Path, *, display: Display, snapshot: bool) -> int:
             print("vm: display on VNC 127.0.0.1:5900", file=sys.stderr)
         print("vm: serial console follows; Ctrl-A x quits QEMU", file=sys.stderr)
         # Interactive: QEMU owns the terminal until the guest powers off or the user quits.
+        # On SIGTERM, exit through Python so that run() kills QEMU instead of orphaning it.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         run(qemu_argv(config), capture=False)
         return 0
