@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -76,7 +75,6 @@ def test_publisher_flow_end_to_end(sample_package, tmp_path, store_env):
     assert run([*PACK, "list"], env=store_env).stdout == "no packages installed\n"
 
 
-@pytest.mark.skipif(shutil.which("mkfs.erofs") is None, reason="erofs-utils not installed")
 def test_image_commands(sample_package, keypair, other_keypair, tmp_path):
     built = run([*PACK, "build-image", str(sample_package), "--key", str(keypair[0])], cwd=tmp_path)
     assert built.returncode == 0, built.stderr
