@@ -101,6 +101,7 @@ def _check_inner_path(value: str) -> str:
 
 
 AppId = Annotated[str, AfterValidator(_check_app_id)]
+Version = Annotated[str, AfterValidator(_check_version)]
 InnerPath = Annotated[str, AfterValidator(_check_inner_path)]
 Capability = Annotated[str, AfterValidator(_check_capability)]
 
@@ -109,7 +110,7 @@ class PackageSection(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     id: AppId
     name: Annotated[str, AfterValidator(_check_name)]
-    version: Annotated[str, AfterValidator(_check_version)]
+    version: Version
     description: str | None = None
     author: str | None = None
     capabilities: tuple[Capability, ...] = ()

@@ -22,7 +22,7 @@ from nacl.signing import SigningKey, VerifyKey
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from weft.errors import WeftError
-from weft.manifest import VERSION_RE, is_valid_app_id
+from weft.manifest import AppId, Version
 from weft.pack.keys import KeyFileError, key_id, load_verify_key
 from weft.verity.params import VerityParams, compute_layout
 
@@ -50,18 +50,6 @@ def _hex_of(size: int):
             raise ValueError(f"must be {2 * size} lowercase hex characters")
         return value
     return AfterValidator(check)
-
-
-def _app_id(value: str) -> str:
-    if not is_valid_app_id(value):
-        raise ValueError(f"'{value}' is not a valid app ID")
-    return value
-
-
-def _version(value: str) -> str:
-    if not VERSION_RE.fullmatch(value):
-        raise ValueError(f"'{value}' is not a valid package version")
-    return value
 
 
 Hex32 = Annotated[str, _hex_of(32)]
@@ -93,8 +81,8 @@ class Footer(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
     format_version: Literal[1] = FORMAT_VERSION
-    app_id: Annotated[str, AfterValidator(_app_id)]
-    version: Annotated[str, AfterValidator(_version)]
+    app_id: AppId
+    version: Version
     manifest_sha256: Hex32
     data_offset: Literal[0] = 0
     data_size: int = Field(ge=BLOCK_SIZE)
