@@ -135,6 +135,23 @@ def test_unix_socket_takes_arrays_and_survives_malformed_and_oversized_frames(in
         assert raw_request(good, msgpack.packb(["QUERY_INSTALLED_APPS"]))["type"] == "INSTALLED_APPS"
 
 
+def test_requests_with_unhashable_types_or_keys_get_an_error_reply(installed, appd_factory):
+    appd = appd_factory()
+    array_key = b"\x82" + msgpack.packb(["type"]) + msgpack.packb("x") + msgpack.packb("type") + b"\xadQUERY_RUNNING"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(appd.socket))
+        for body in (msgpack.packb({"type": ["LAUNCH_APP"], "app_id": "org.weft.demo.counter"}), array_key):
+            reply = raw_request(sock, body)
+            assert reply["type"] == "ERROR" and reply["code"] == ErrorCode.BAD_REQUEST, reply
+        assert raw_request(sock, b"\x91\xadQUERY_RUNNING")["type"] == "RUNNING_APPS"  # still in step
+    with connect(appd.ws_url()) as ws:
+        for text in ('{"type": ["QUERY_RUNNING"]}', '{"type": {"a": 1}}', "[" * 50_000 + "]" * 50_000):
+            ws.send(text)
+            reply = json.loads(ws.recv(timeout=5))
+            assert reply["type"] == "ERROR" and reply["code"] == ErrorCode.BAD_REQUEST, reply
+    assert "Traceback" not in appd.log.read_text()
+
+
 def test_peers_with_another_uid_are_refused(installed, appd_factory):
     appd = appd_factory()
     os.chmod(appd.socket.parent, 0o755)

@@ -45,6 +45,12 @@ def test_appctl_drives_a_session(env, built_apps, appd_factory):
     (["weft-appctl", "send", "abc", "x"], "invalid session id"),
     (["weft-appctl", "stop", "0"], "invalid session id"),
     (["weft-appctl", "recv", "1"], "cannot connect to weft-appd"),
+    (["weft-appctl", "recv", "1", "--timeout", "nan"], "not a finite, non-negative number of seconds"),
+    (["weft-appctl", "recv", "1", "--timeout", "inf"], "not a finite, non-negative number of seconds"),
+    (["weft-appctl", "recv", "1", "--timeout", "-1"], "not a finite, non-negative number of seconds"),
+    (["weft-appctl", "recv", "1", "--timeout", "61"], "at most 60 seconds"),
+    (["weft-appctl", "recv", "1", "--timeout", "soon"], "not a number of seconds"),
+    (["weft-appctl", "launch", "org.weft.demo.counter", "--wait-ready", "--timeout", "nan"], "not a finite"),
     (["weft-appctl", "launch", "org.weft.not.installed"], "cannot connect to weft-appd"),
 ])
 def test_appctl_errors_are_clear(env, argv, message):

@@ -118,3 +118,66 @@ def test_relay_rejects_unknown_and_oversized_lines():
         relay.decode_line(b"x" * (relay.MAX_LINE_BYTES + 1), relay.ToRuntime)
     with pytest.raises(relay.RelayError):
         relay.decode_line(b'{"t":"ready","extra":1}\n', relay.FromRuntime)
+
+
+def _map_with_pairs(pairs: list[tuple[object, object]]) -> bytes:
+    """A msgpack map body built from pairs, so keys may be arrays or maps (unhashable in Python)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack_map_pairs(pairs)
+
+
+@pytest.mark.parametrize("body", [
+    msgpack.packb({"type": ["LAUNCH_APP"], "app_id": "org.weft.demo.counter"}),
+    msgpack.packb({"type": {"a": 1}}),
+    msgpack.packb({"type": 7}),
+    msgpack.packb([["QUERY_RUNNING"]]),
+    _map_with_pairs([(["type"], "QUERY_RUNNING")]),
+    _map_with_pairs([("type", "QUERY_RUNNING"), ({"k": 1}, 2)]),
+    _map_with_pairs([("type", "QUERY_RUNNING"), (1, 2), (b"raw", None)]),
+])
+def test_hostile_msgpack_requests_are_protocol_errors_or_requests(body):
+    try:
+        request = protocol.parse_request(protocol.decode_body(body))
+    except protocol.ProtocolError:
+        return
+    assert isinstance(request, protocol.QueryRunning)  # only the last one is a valid request
+
+
+@pytest.mark.parametrize("text", ['{"type": ["QUERY_RUNNING"]}', '{"type": {"x": 1}}', '{"type": null}', "[[1]]",
+                                  "[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000])
+def test_hostile_json_requests_are_protocol_errors(text):
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode_json_request(text)
+
+
+_scalars = st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats() | st.text(max_size=20) \
+    | st.binary(max_size=20) | st.sampled_from(sorted(protocol.REQUEST_TYPES))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.lists(st.tuples(inner, inner), max_size=4).map(lambda pairs: ("map", pairs)), max_leaves=20)
+
+
+def _pack(value: object, packer: msgpack.Packer) -> bytes:
+    if isinstance(value, tuple) and value and value[0] == "map":
+        out = packer.pack_map_header(len(value[1]))
+        return out + b"".join(_pack(k, packer) + _pack(v, packer) for k, v in value[1])
+    if isinstance(value, list):
+        return packer.pack_array_header(len(value)) + b"".join(_pack(v, packer) for v in value)
+    return packer.pack(value)
+
+
+@given(_values | st.lists(st.tuples(st.just("type") | _values, _values), max_size=5).map(lambda p: ("map", p)))
+def test_fuzzed_msgpack_requests_give_a_request_or_a_protocol_error(value):
+    body = _pack(value, msgpack.Packer(use_bin_type=True))
+    try:
+        request = protocol.parse_request(protocol.decode_body(body))
+    except protocol.ProtocolError:
+        return
+    assert isinstance(request, protocol.Message)
+
+
+@given(st.binary(max_size=200))
+def test_fuzzed_bytes_give_a_request_or_a_protocol_error(body):
+    try:
+        protocol.parse_request(protocol.decode_body(body))
+    except protocol.ProtocolError:
+        pass

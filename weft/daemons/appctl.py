@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.protocol import (
+    MAX_RECV_TIMEOUT_MS,
     AppState,
     Client,
     Error,
@@ -40,6 +42,7 @@ from weft.errors import UsageError, WeftError
 from weft.manifest import require_app_id
 
 POLL_S = 0.01
+MAX_RECV_TIMEOUT_S = MAX_RECV_TIMEOUT_MS // 1000
 
 
 def _socket_path(explicit: str | None) -> str:
@@ -95,6 +98,24 @@ def _session_id(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (`nan`, `inf` and negatives are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a finite, non-negative number of seconds: {text!r}")
+    return value
+
+
+def _recv_timeout(text: str) -> float:
+    value = _seconds(text)
+    if value > MAX_RECV_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_RECV_TIMEOUT_S} seconds (appd's limit), not {text!r}")
+    return value
+
+
 def main_entry(argv: Sequence[str]) -> int:
     parser = ArgumentParser(prog="weft-appctl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", help="appd socket (default $XDG_RUNTIME_DIR/weft/appd.sock)")
@@ -109,13 +130,13 @@ def main_entry(argv: Sequence[str]) -> int:
     launch = commands.add_parser("launch", help="start a session of APP_ID", parents=[json_flag])
     launch.add_argument("app_id")
     launch.add_argument("--wait-ready", action="store_true", help="return once the app signalled READY")
-    launch.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for READY")
+    launch.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for READY")
     send = commands.add_parser("send", help="send PAYLOAD to session SID's app", parents=[json_flag])
     send.add_argument("session_id", type=_session_id)
     send.add_argument("payload")
     recv = commands.add_parser("recv", help="print the next message from session SID's app", parents=[json_flag])
     recv.add_argument("session_id", type=_session_id)
-    recv.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    recv.add_argument("--timeout", type=_recv_timeout, default=5.0, help="seconds to wait (at most 60)")
     stop = commands.add_parser("stop", help="stop session SID", parents=[json_flag])
     stop.add_argument("session_id", type=_session_id)
     args = parser.parse_args(argv)
@@ -137,7 +158,7 @@ def _request(args) -> Message:  # type: ignore[no-untyped-def]
     if args.command == "send":
         return IpcForward(session_id=args.session_id, payload=args.payload)
     if args.command == "recv":
-        return IpcRecv(session_id=args.session_id, timeout_ms=max(0, min(60_000, int(args.timeout * 1000))))
+        return IpcRecv(session_id=args.session_id, timeout_ms=round(args.timeout * 1000))
     return TerminateApp(session_id=args.session_id)
 
 

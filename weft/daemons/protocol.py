@@ -26,6 +26,7 @@ from weft.manifest import AppId
 
 MAX_FRAME_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_RECV_TIMEOUT_MS = 60_000  # IPC_RECV waits at most this long
 LENGTH = struct.Struct("<I")
 
 SessionId = Annotated[int, Field(ge=1, lt=1 << 63)]
@@ -90,7 +91,7 @@ class IpcForward(Message):
 class IpcRecv(Message):
     type: Literal["IPC_RECV"] = "IPC_RECV"
     session_id: SessionId
-    timeout_ms: Annotated[int, Field(ge=0, le=60_000)] = 5_000
+    timeout_ms: Annotated[int, Field(ge=0, le=MAX_RECV_TIMEOUT_MS)] = 5_000
 
 
 class QuerySessionToken(Message):
@@ -219,8 +220,11 @@ def parse_request(data: Any) -> Message:
         data = {"type": data[0], **dict(zip(fields, data[1:], strict=False))}
     if not isinstance(data, dict):
         raise ProtocolError("a request must be a map or an array")
-    if data.get("type") not in REQUEST_TYPES:
-        raise ProtocolError(f"unknown request type {str(data.get('type'))[:40]!r}")
+    kind = data.get("type")
+    if not isinstance(kind, str):  # a list or map here is unhashable: check before the lookup
+        raise ProtocolError("unknown request type: `type` must be a string")
+    if kind not in REQUEST_TYPES:
+        raise ProtocolError(f"unknown request type {kind[:40]!r}")
     try:
         return _REQUEST.validate_python(data)
     except ValidationError as exc:
@@ -247,6 +251,8 @@ def decode_json_request(text: str | bytes) -> Message:
         data = json.loads(text)
     except ValueError as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("not JSON: nested too deeply") from None
     return parse_request(data)
 
 
@@ -272,6 +278,8 @@ def decode_body(body: bytes) -> Any:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"malformed msgpack: {exc}") from None
+    except TypeError:  # a map key that is an array or a map: no Python dict can hold it
+        raise ProtocolError("malformed msgpack: a map key is an array or a map") from None
 
 
 def _check_length(header: bytes) -> int:
