@@ -14,7 +14,7 @@ import logging
 
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
-from weft.daemons.appd.tokens import new_session_token
+from weft.daemons.appd.tokens import new_session_token, same_token
 from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, Message, SessionState
 from weft.daemons.relay import Ipc, Launch, Ready, RelayError
 
@@ -92,7 +92,7 @@ class SessionManager:
         return [s for s in self.sessions.values() if s.live]
 
     def by_token(self, token: str) -> Session | None:
-        return next((s for s in self.sessions.values() if s.live and s.token == token), None)
+        return next((s for s in self.sessions.values() if s.live and same_token(token, s.token)), None)
 
     # -- lifecycle ------------------------------------------------------------------------
     def launch(self, app_id: str) -> Session:

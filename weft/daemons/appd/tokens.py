@@ -6,6 +6,7 @@ private to this user is replaced.
 """
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import stat
@@ -33,3 +34,8 @@ def load_or_create_boot_token(path: Path) -> str:
 
 def new_session_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def same_token(presented: str, expected: str) -> bool:
+    """Constant-time comparison, so response timing does not reveal how much of a token matched."""
+    return hmac.compare_digest(presented.encode(), expected.encode())

@@ -8,7 +8,6 @@ for a session connection. Clients without `Origin` are local programs, not web p
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +18,7 @@ from websockets.http11 import Request, Response
 
 from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.appd.sessions import Hub, SessionManager, Subscriber
+from weft.daemons.appd.tokens import same_token
 from weft.daemons.protocol import MAX_FRAME_BYTES, Error, ProtocolError, decode_json_request, encode_json
 
 log = logging.getLogger("weft.appd")
@@ -51,7 +51,7 @@ class WebSocketServer:
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         token = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
         origin = request.headers.get("Origin")
-        if token and hmac.compare_digest(token.encode(), self.boot_token.encode()):
+        if token and same_token(token, self.boot_token):
             if origin is not None and origin not in self.control_origins:
                 return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
             self.callers[connection] = Caller()

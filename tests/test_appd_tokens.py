@@ -1,0 +1,73 @@
+"""appd's tokens: session and boot tokens are compared in constant time (hmac.compare_digest)."""
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, cast
+
+import pytest
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from weft.daemons.appd import tokens
+from weft.daemons.appd.sessions import Hub, Session, SessionManager
+from weft.daemons.appd.websocket import WebSocketServer
+from weft.daemons.protocol import SessionState
+
+
+@pytest.fixture
+def compared(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every (presented, expected) pair that went through hmac.compare_digest."""
+    calls: list[tuple[bytes, bytes]] = []
+    real: Callable[[bytes, bytes], bool] = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    return calls
+
+
+def _manager_with(*sessions: Session) -> SessionManager:
+    manager = SessionManager(cast(Any, None), cast(Any, None), Hub())
+    for session in sessions:
+        manager.sessions[session.id] = session
+    return manager
+
+
+def test_session_tokens_are_compared_in_constant_time(compared: list[tuple[bytes, bytes]]) -> None:
+    first, second = Session(1, "org.weft.demo.counter"), Session(2, "org.weft.demo.notes")
+    second.state = SessionState.RUNNING
+    manager = _manager_with(first, second)
+    assert manager.by_token(second.token) is second
+    assert (second.token.encode(), second.token.encode()) in compared
+    compared.clear()
+    assert manager.by_token(second.token[:-1]) is None
+    assert len(compared) == 2  # every live session's token was compared, each with compare_digest
+
+
+def test_a_stopped_sessions_token_is_refused() -> None:
+    session = Session(1, "org.weft.demo.counter")
+    session.state = SessionState.STOPPED
+    assert _manager_with(session).by_token(session.token) is None
+
+
+class _Connection:
+    def respond(self, status: HTTPStatus, text: str) -> HTTPStatus:
+        return status
+
+
+def test_boot_token_is_compared_in_constant_time(compared: list[tuple[bytes, bytes]]) -> None:
+    boot = tokens.new_session_token()
+    server = WebSocketServer(0, boot, frozenset(), _manager_with(), Hub(), cast(Any, None))
+
+    def admit(token: str) -> object:
+        request = Request(f"/appd?token={token}", Headers())
+        return server._admit(cast(Any, _Connection()), request)
+
+    assert admit(boot) is None  # admitted as a control connection
+    assert compared == [(boot.encode(), boot.encode())]
+    assert admit("x" + boot[1:]) == HTTPStatus.UNAUTHORIZED
+    assert len(compared) == 2
