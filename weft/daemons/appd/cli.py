@@ -103,7 +103,7 @@ def main_entry(argv: Sequence[str]) -> int:
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format="weft-appd %(levelname)s %(message)s")
+                        format="weft-appd %(levelname)s %(message)s", force=True)
     asyncio.run(serve(AppdConfig.from_env()))
     return 0
 

@@ -84,7 +84,7 @@ def _documents_dir() -> Path | None:
 def main_entry(argv: Sequence[str]) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format=f"weft-runtime[{os.getpid()}] %(levelname)s %(message)s")
+                        format=f"weft-runtime[{os.getpid()}] %(levelname)s %(message)s", force=True)
     stop = StopSignals()
     store_paths = StorePaths.from_env()
     options = EngineOptions()

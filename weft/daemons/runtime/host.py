@@ -18,7 +18,7 @@ from weft.daemons.runtime import fetch as http
 from weft.daemons.runtime.channels import PortalClient, PortalError, Relay
 from weft.daemons.runtime.grants import Grants
 from weft.errors import WeftError
-from weft.proc import run
+from weft.proc import inherited, run
 
 WitResult = Any  # a Python value lowered into a WIT `result` (see OK)
 
@@ -80,7 +80,9 @@ class HostImports:
 
     # -- notifications, clipboard ---------------------------------------------------------
     def _tool(self, argv: list[str], stdin: bytes | None = None) -> bytes:
-        return run(argv, timeout=TOOL_TIMEOUT_S, input=stdin).stdout
+        # notify-send and wl-copy/wl-paste reach the session through these (the child env is clean).
+        session = inherited("WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "DISPLAY")
+        return run(argv, timeout=TOOL_TIMEOUT_S, input=stdin, env=session).stdout
 
     def notify(self, _store: object, title: str, body: str, icon: str | None) -> WitResult:
         if not self.grants.notifications:
