@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.errors import WeftError
 from weft.image.build import PROFILES
+
+log = logging.getLogger("weft.image")
 
 
 def _repo_root() -> Path:
@@ -38,11 +42,8 @@ def _cmd_image_audit(args: argparse.Namespace) -> int:
         print(text)
     summary = f"audit: {report.elf_count} ELF files, {len(report.setuid)} setuid, {len(report.setgid)} setgid"
     if not report.passed:
-        print(f"{summary}; {len(report.failures)} problem(s):", file=sys.stderr)
-        for failure in report.failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    print(f"{summary}; passed", file=sys.stderr)
+        raise WeftError(f"{summary}; {len(report.failures)} problem(s):\n  " + "\n  ".join(report.failures))
+    log.info("%s; passed", summary)
     return 0
 
 

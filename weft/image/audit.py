@@ -3,9 +3,9 @@ setuid/setgid file checked against the allowlist (audit-allowlist.toml beside th
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import stat
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict
 
 from weft.image.elfcheck import ElfInfo, inspect_elf, is_elf
 from weft.image.rootfs import extract_root
+
+log = logging.getLogger("weft.image")
 
 ALLOWLIST_FILE = Path(__file__).with_name("audit-allowlist.toml")
 
@@ -106,5 +108,5 @@ def audit_tree(root: Path, allowlist: Allowlist, image_name: str) -> AuditReport
 def audit_image(image: Path, allowlist: Allowlist) -> AuditReport:
     with tempfile.TemporaryDirectory(prefix="weft-audit-", dir=image.parent) as tmp:
         root = extract_root(image, Path(tmp))
-        print("audit: checking every file of the root", file=sys.stderr)
+        log.info("audit: checking every file of the root")
         return audit_tree(root, allowlist, image.name)

@@ -1,8 +1,8 @@
 """`weft image build`: wheels on the host, then mkosi (incremental) builds the disk image."""
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +12,8 @@ from weft.errors import WeftError
 from weft.image.mkosi_tool import find_mkosi
 from weft.image.wheels import build_wheels
 from weft.proc import run
+
+log = logging.getLogger("weft.image")
 
 PROFILES = ("default", "test")  # mkosi.profiles/<name>/ holds what a profile adds
 
@@ -57,7 +59,7 @@ def build_image(config: BuildConfig) -> Path:
     if not (config.repo / "mkosi.conf").is_file():
         raise WeftError(f"{config.repo} has no mkosi.conf; run from the weft repository")
     mkosi = find_mkosi(config.mkosi_cache)
-    print(f"image: using mkosi {mkosi.version}", file=sys.stderr)
+    log.info("image: using mkosi %s", mkosi.version)
     build_wheels(config.repo, config.repo / "build" / "wheels")
     config.out_dir.mkdir(parents=True, exist_ok=True)
     cache = config.repo / "mkosi.cache"
@@ -73,8 +75,7 @@ def build_image(config: BuildConfig) -> Path:
     ]
     if config.profile != "default":
         argv.append(f"--profile={config.profile}")
-    print(f"image: building the {config.profile} image with mkosi (output in {config.out_dir})",
-          file=sys.stderr)
+    log.info("image: building the %s image with mkosi (output in %s)", config.profile, config.out_dir)
     run([*argv, "build"], env=mkosi.environment(), cwd=config.repo, capture=False)
     if not config.image_path.is_file():
         raise WeftError(f"mkosi finished but {config.image_path} is missing")

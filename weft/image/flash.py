@@ -7,6 +7,7 @@ the image. The user confirms unless --yes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import sys
@@ -15,7 +16,10 @@ from pathlib import Path
 from weft.errors import UsageError, WeftError
 
 CHUNK = 4 << 20
+PROGRESS_STEP = 10  # percent between progress lines
 SYS_BLOCK = Path("/sys/class/block")
+
+log = logging.getLogger("weft.image")
 
 
 def _sysfs_name(device: Path) -> str:
@@ -106,11 +110,12 @@ def _confirm(image: Path, device: Path, size: int) -> None:
 
 
 def _progress(label: str, done: int, total: int, previous: int) -> int:
-    """Show the percentage when it changes; return it."""
-    percent = done * 100 // total
-    if percent != previous:
-        print(f"\rflash: {label} {percent:3d}%", end="", file=sys.stderr, flush=True)
-    return percent
+    """Log the percentage every PROGRESS_STEP; return the last one logged."""
+    percent = done * 100 // total // PROGRESS_STEP * PROGRESS_STEP
+    if percent > previous:
+        log.info("flash: %s %d%%", label, percent)
+        return percent
+    return previous
 
 
 def _write(image: Path, device: Path) -> str:
@@ -120,7 +125,7 @@ def _write(image: Path, device: Path) -> str:
     fd = os.open(device, os.O_WRONLY | os.O_EXCL)
     try:
         with open(image, "rb") as src:
-            done = shown = 0
+            done, shown = 0, -1
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 view = memoryview(chunk)
@@ -131,7 +136,6 @@ def _write(image: Path, device: Path) -> str:
         os.fsync(fd)
     finally:
         os.close(fd)
-    print(file=sys.stderr)
     return digest.hexdigest()
 
 
@@ -140,7 +144,7 @@ def _read_back(device: Path, length: int) -> str:
     with open(device, "rb") as dev:
         # Drop cached pages so the comparison reads what reached the device.
         os.posix_fadvise(dev.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        done = shown = 0
+        done, shown = 0, -1
         while done < length:
             chunk = dev.read(min(CHUNK, length - done))
             if not chunk:
@@ -148,7 +152,6 @@ def _read_back(device: Path, length: int) -> str:
             digest.update(chunk)
             done += len(chunk)
             shown = _progress("verifying", done, length, shown)
-    print(file=sys.stderr)
     return digest.hexdigest()
 
 
@@ -159,4 +162,4 @@ def flash_image(image: Path, device: Path, *, assume_yes: bool) -> None:
     written = _write(image, device)
     if _read_back(device, image.stat().st_size) != written:
         raise WeftError(f"verification failed: {device} does not read back as {image.name}")
-    print(f"flash: {image.name} written to {device} and verified (sha256 {written})", file=sys.stderr)
+    log.info("flash: %s written to %s and verified (sha256 %s)", image.name, device, written)

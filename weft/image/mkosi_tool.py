@@ -6,7 +6,7 @@ unpacked with dpkg-deb and run as `python3 -m mkosi`.
 """
 from __future__ import annotations
 
-import os
+import logging
 import re
 import shutil
 import sys
@@ -15,9 +15,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from weft.errors import WeftError
-from weft.proc import find_tool, run
+from weft.proc import NETWORK_VARIABLES, find_tool, inherited, run
 
 MIN_VERSION = (25, 0)
+log = logging.getLogger("weft.image")
+
 SOURCES_LINE = ("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
                 "http://deb.debian.org/debian trixie main\n")
 
@@ -31,7 +33,12 @@ class MkosiTool(BaseModel):
     version: str
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, **dict(self.env)}
+        """What mkosi reads from its environment (on top of weft.proc's clean one): its own
+        MKOSI_* settings, the proxy it hands to the package manager, its cache location, the
+        terminal and the invoking user."""
+        passed_on = inherited(*NETWORK_VARIABLES, "TERM", "USER", "XDG_CACHE_HOME", "SYSTEMD_LOG_LEVEL",
+                              "SUDO_USER", "SUDO_UID", "SUDO_GID", prefix="MKOSI_")
+        return {**passed_on, **dict(self.env)}
 
 
 def _parse_version(text: str) -> tuple[int, ...] | None:
@@ -70,11 +77,12 @@ def _fetch_debian_package(cache: Path) -> Path:
     for sub in ("lists/partial", "apt-cache/archives/partial", "debs"):
         (cache / sub).mkdir(parents=True, exist_ok=True)
     (cache / "sources.list").write_text(SOURCES_LINE)
-    print("image: fetching mkosi from Debian trixie", file=sys.stderr)
-    run([apt_get, *_apt_options(cache), "-q", "update"], timeout=600)
+    log.info("image: fetching mkosi from Debian trixie")
+    network = inherited(*NETWORK_VARIABLES)
+    run([apt_get, *_apt_options(cache), "-q", "update"], env=network, timeout=600)
     for old in (cache / "debs").glob("*.deb"):
         old.unlink()
-    run([apt_get, *_apt_options(cache), "-q", "download", "mkosi"], cwd=cache / "debs", timeout=600)
+    run([apt_get, *_apt_options(cache), "-q", "download", "mkosi"], env=network, cwd=cache / "debs", timeout=600)
     debs = sorted((cache / "debs").glob("mkosi_*.deb"))
     if not debs:
         raise WeftError("apt-get download mkosi produced no package")

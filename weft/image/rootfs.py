@@ -1,14 +1,16 @@
 """Getting at the files of an image's root partition (EROFS) without mounting anything."""
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 from weft.image.gpt import ROOT_X86_64, find_partition
 from weft.proc import find_tool, run
 
 COPY_CHUNK = 4 << 20
+
+log = logging.getLogger("weft.image")
 
 
 def copy_partition(image: Path, dest: Path) -> Path:
@@ -32,7 +34,7 @@ def extract_root(image: Path, workdir: Path) -> Path:
     partition_file = copy_partition(image, workdir / "root.erofs")
     root = workdir / "root"
     shutil.rmtree(root, ignore_errors=True)
-    print(f"audit: extracting the root file system of {image.name}", file=sys.stderr)
+    log.info("audit: extracting the root file system of %s", image.name)
     # Modes only: fsck.erofs 1.5 chowns after chmod, which clears setuid bits the audit
     # must see. (Any setuid file is a finding whatever its owner.)
     run([fsck, f"--extract={root}", "--preserve-perms", "--no-preserve-owner", partition_file],

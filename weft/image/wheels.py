@@ -6,20 +6,23 @@ build touches the network. SHA256SUMS marks a complete set (mkosi.postinst.chroo
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import sys
 from pathlib import Path
 
-from weft.proc import run
+from weft.proc import NETWORK_VARIABLES, inherited, run
+
+log = logging.getLogger("weft.image")
 
 
 def build_wheels(repo: Path, dest: Path) -> list[Path]:
     """Build wheels for `repo` and its dependencies into `dest` (emptied first)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    print("image: building wheels for weft and its dependencies", file=sys.stderr)
+    log.info("image: building wheels for weft and its dependencies")
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--wheel-dir", dest, repo], timeout=1200)
+         "--wheel-dir", dest, repo], env=inherited(*NETWORK_VARIABLES, prefix="PIP_"), timeout=1200)
     wheels = sorted(dest.glob("*.whl"))
     lines = [f"{hashlib.sha256(w.read_bytes()).hexdigest()}  {w.name}\n" for w in wheels]
     (dest / "SHA256SUMS").write_text("".join(lines))

@@ -8,9 +8,9 @@ with the same key are byte-identical.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
-import sys
 import tempfile
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
@@ -50,8 +50,7 @@ def image_uuid(app_id: str, version: str) -> uuidlib.UUID:
 
 
 def _say(message: str) -> None:
-    sys.stderr.write(f"build-image: {message}\n")
-    sys.stderr.flush()
+    logging.getLogger("weft.pack").info("build-image: %s", message)
 
 
 def build_image(package_dir: str | os.PathLike[str], key: SigningKey, out: Path | None = None, *,
