@@ -339,3 +339,131 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ==== weft-mountd ============================================================================
+# The privileged mount helper's protocol (docs/mountd.md): the same framing as appd's Unix
+# socket (4-byte LE length + msgpack map), requests capped far smaller since they are tiny.
+# Only appd's uid talks to it; references to a mount are counted per connection.
+
+MOUNTD_MAX_REQUEST_BYTES = 4096
+
+
+class MountReason(str, enum.Enum):
+    """Why a mountd request failed: stable strings that appd passes on to its clients."""
+
+    NOT_INSTALLED = "not_installed"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    CORRUPTED = "corrupted"
+    ROLLBACK = "rollback"
+    BAD_IMAGE = "bad_image"  # truncated, garbage, impossible offsets, appended bytes
+    ID_MISMATCH = "id_mismatch"
+    MOUNT_FAILED = "mount_failed"
+    NOT_PERMITTED = "not_permitted"
+    BAD_REQUEST = "bad_request"
+
+
+class MountApp(Message):
+    type: Literal["MOUNT_APP"] = "MOUNT_APP"
+    app_id: AppId
+
+
+class UnmountApp(Message):
+    type: Literal["UNMOUNT_APP"] = "UNMOUNT_APP"
+    app_id: AppId
+
+
+class ListMounts(Message):
+    type: Literal["LIST_MOUNTS"] = "LIST_MOUNTS"
+
+
+class CheckApp(Message):
+    type: Literal["CHECK_APP"] = "CHECK_APP"
+    app_id: AppId
+
+
+class AppMounted(Message):
+    type: Literal["APP_MOUNTED"] = "APP_MOUNTED"
+    app_id: str
+    version: str
+    root_hash: str
+    mount_path: str
+
+
+class AppUnmounted(Message):
+    type: Literal["APP_UNMOUNTED"] = "APP_UNMOUNTED"
+    app_id: str
+    remaining: int  # references left (all connections); 0 = unmounted
+
+
+class MountEntry(Message):
+    app_id: str
+    version: str
+    root_hash: str
+    mount_path: str
+    refs: int
+    dm_name: str
+    loop: str  # e.g. /dev/loop3
+
+
+class Mounts(Message):
+    type: Literal["MOUNTS"] = "MOUNTS"
+    mounts: list[MountEntry]
+
+
+class AppStatus(Message):
+    type: Literal["APP_STATUS"] = "APP_STATUS"
+    app_id: str
+    corrupted: bool  # dm-verity has seen a block that does not match its hash
+
+
+class MountError(Message):
+    type: Literal["MOUNT_ERROR"] = "MOUNT_ERROR"
+    app_id: str  # "" when the request was unreadable
+    reason: MountReason
+    message: str
+
+
+MountdRequest = Annotated[Union[MountApp, UnmountApp, ListMounts, CheckApp], Field(discriminator="type")]
+MountdReply = Annotated[Union[AppMounted, AppUnmounted, Mounts, AppStatus, MountError], Field(discriminator="type")]
+MOUNTD_REQUEST_TYPES = frozenset({"MOUNT_APP", "UNMOUNT_APP", "LIST_MOUNTS", "CHECK_APP"})
+_MOUNTD_REQUEST: TypeAdapter[MountApp | UnmountApp | ListMounts | CheckApp] = TypeAdapter(MountdRequest)
+_MOUNTD_REPLY: TypeAdapter[AppMounted | AppUnmounted | Mounts | AppStatus | MountError] = TypeAdapter(MountdReply)
+
+
+def parse_mountd_request(data: Any) -> MountApp | UnmountApp | ListMounts | CheckApp:
+    """A mountd request from a decoded msgpack value (maps only: the requests are few and small)."""
+    if not isinstance(data, dict):
+        raise ProtocolError("a mountd request must be a map")
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in MOUNTD_REQUEST_TYPES:
+        raise ProtocolError(f"unknown mountd request type {str(kind)[:40]!r}")
+    try:
+        return _MOUNTD_REQUEST.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid {kind}: {_describe(exc)}") from None
+
+
+def parse_mountd_reply(data: Any) -> AppMounted | AppUnmounted | Mounts | AppStatus | MountError:
+    try:
+        return _MOUNTD_REPLY.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid mountd reply: {_describe(exc)}") from None
+
+
+async def read_mountd_request(reader: asyncio.StreamReader) -> bytes | None:
+    """The next request body (at most MOUNTD_MAX_REQUEST_BYTES), or None at a clean end of stream."""
+    try:
+        header = await reader.readexactly(LENGTH.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    (length,) = LENGTH.unpack(header)
+    if length > MOUNTD_MAX_REQUEST_BYTES:
+        raise FrameTooLarge(f"request of {length} bytes exceeds {MOUNTD_MAX_REQUEST_BYTES}")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed inside a frame") from None
