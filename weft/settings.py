@@ -96,6 +96,9 @@ APP_DATA: Setting[Path | None] = Setting(
 CACHE_DIR: Setting[Path | None] = Setting(
     "WEFT_CACHE_DIR", Path | None, None,
     "WEFT's cache: compiled components, mkosi, accel probe (default $XDG_CACHE_HOME/weft)")
+IMAGE_STORE: Setting[Path | None] = Setting(
+    "WEFT_IMAGE_STORE", Path | None, None,
+    "installed app images, `<dir>/<app_id>.wapp` (default $XDG_DATA_HOME/weft/images)")
 APPD_SOCKET: Setting[Path | None] = Setting(
     "WEFT_APPD_SOCKET", Path | None, None, "weft-appd's Unix socket (default $XDG_RUNTIME_DIR/weft/appd.sock)")
 MOUNTD_SOCKET: Setting[Path] = Setting(
@@ -134,7 +137,7 @@ APP_PIDS_MAX: Setting[int] = Setting(
 DEBUG: Setting[bool] = Setting("WEFT_DEBUG", bool, False, "`1`: tracebacks on failure, like --debug", split=_flag)
 
 ALL: tuple[Setting[Any], ...] = (
-    HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, APP_DATA, CACHE_DIR, APPD_SOCKET,
+    HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, APP_DATA, CACHE_DIR, IMAGE_STORE, APPD_SOCKET,
     MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, RUNTIME_BIN, RUNTIME_POOL, READY_TIMEOUT_S,
     MAX_SESSIONS, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT, APP_PIDS_MAX, DEBUG,
 )

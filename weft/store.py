@@ -5,12 +5,12 @@ directory, so uninstalling or re-verifying a package never touches user data.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from weft import settings
 from weft.errors import WeftError
 from weft.manifest import MANIFEST_NAME, require_app_id
 
@@ -27,26 +27,19 @@ class StorePaths(BaseModel):
     cache_root: Path
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "StorePaths":
-        home = Path(env["HOME"]) if env.get("HOME") else None
-        data_home = Path(env["XDG_DATA_HOME"]) if env.get("XDG_DATA_HOME") else (
-            home / ".local/share" if home else None)
-        cache_home = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else (
-            home / ".cache" if home else Path("/var/cache"))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "StorePaths":
+        data_home = settings.data_home(env)
         user_store = data_home / "weft/apps" if data_home else None
-        if env.get("WEFT_APP_STORE"):
-            store = Path(env["WEFT_APP_STORE"])
+        store = settings.APP_STORE.read(env)
+        if store is not None:
             roots: tuple[Path, ...] = (store,)
             install_root: Path | None = store
         else:
             roots = tuple(p for p in (user_store, SYSTEM_STORE) if p is not None)
             install_root = user_store
-        if env.get("WEFT_APP_DATA"):
-            app_data_root: Path | None = Path(env["WEFT_APP_DATA"])
-        else:
-            app_data_root = data_home / "weft/app-data" if data_home else None
+        app_data_root = settings.APP_DATA.read(env) or (data_home / "weft/app-data" if data_home else None)
         return cls(roots=roots, install_root=install_root, app_data_root=app_data_root,
-                   cache_root=Path(env.get("WEFT_CACHE_DIR") or cache_home / "weft"))
+                   cache_root=settings.cache_dir(env))
 
     def require_install_root(self) -> Path:
         if self.install_root is None:
