@@ -425,8 +425,8 @@ class MountError(Message):
     message: str
 
 
-MountdRequest = Annotated[Union[MountApp, UnmountApp, ListMounts, CheckApp], Field(discriminator="type")]
-MountdReply = Annotated[Union[AppMounted, AppUnmounted, Mounts, AppStatus, MountError], Field(discriminator="type")]
+MountdRequest = Annotated[MountApp | UnmountApp | ListMounts | CheckApp, Field(discriminator="type")]
+MountdReply = Annotated[AppMounted | AppUnmounted | Mounts | AppStatus | MountError, Field(discriminator="type")]
 MOUNTD_REQUEST_TYPES = frozenset({"MOUNT_APP", "UNMOUNT_APP", "LIST_MOUNTS", "CHECK_APP"})
 _MOUNTD_REQUEST: TypeAdapter[MountApp | UnmountApp | ListMounts | CheckApp] = TypeAdapter(MountdRequest)
 _MOUNTD_REPLY: TypeAdapter[AppMounted | AppUnmounted | Mounts | AppStatus | MountError] = TypeAdapter(MountdReply)
