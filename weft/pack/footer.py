@@ -128,24 +128,36 @@ def seal_footer(footer: Footer, key: SigningKey) -> bytes:
 def read_footer(path: str | os.PathLike[str]) -> SignedFooter:
     """Parse the footer from the file's tail, without reading the data or the hash tree."""
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < TRAILER.size:
-                raise FooterError(f"{os.fspath(path)} is truncated or not a .wapp image (no footer)")
-            fh.seek(size - TRAILER.size)
-            magic, version, body_len = TRAILER.unpack(fh.read(TRAILER.size))
-            if magic != MAGIC:
-                raise FooterError(f"{os.fspath(path)} is truncated or not a .wapp image (no footer magic)")
-            if version != FORMAT_VERSION:
-                raise FooterError(f"unsupported .wapp format version {version}")
-            if not 0 < body_len <= MAX_FOOTER_BYTES or body_len + SIGNATURE_SIZE + TRAILER.size > size:
-                raise FooterError(f"footer length {body_len} is impossible for a {size}-byte file")
-            tail_start = size - TRAILER.size - SIGNATURE_SIZE - body_len
-            fh.seek(tail_start)
-            body = fh.read(body_len)
-            signature = fh.read(SIGNATURE_SIZE)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise FooterError(f"cannot read {os.fspath(path)}: {exc.strerror}") from None
+    try:
+        return read_footer_fd(fd, os.fspath(path))
+    finally:
+        os.close(fd)
+
+
+def read_footer_fd(fd: int, name: str) -> SignedFooter:
+    """`read_footer` on an open file (the mount helper checks the very file it then maps);
+    `name` is for messages. Uses pread only, so the file offset is left alone."""
+    try:
+        size = os.fstat(fd).st_size
+        if size < TRAILER.size:
+            raise FooterError(f"{name} is truncated or not a .wapp image (no footer)")
+        magic, version, body_len = TRAILER.unpack(os.pread(fd, TRAILER.size, size - TRAILER.size))
+        if magic != MAGIC:
+            raise FooterError(f"{name} is truncated or not a .wapp image (no footer magic)")
+        if version != FORMAT_VERSION:
+            raise FooterError(f"unsupported .wapp format version {version}")
+        if not 0 < body_len <= MAX_FOOTER_BYTES or body_len + SIGNATURE_SIZE + TRAILER.size > size:
+            raise FooterError(f"footer length {body_len} is impossible for a {size}-byte file")
+        tail_start = size - TRAILER.size - SIGNATURE_SIZE - body_len
+        tail = os.pread(fd, body_len + SIGNATURE_SIZE, tail_start)
+        if len(tail) != body_len + SIGNATURE_SIZE:
+            raise FooterError(f"{name} shrank while its footer was read")
+        body, signature = tail[:body_len], tail[body_len:]
+    except OSError as exc:
+        raise FooterError(f"cannot read {name}: {exc.strerror}") from None
     footer = parse_footer(body)
     if footer.footer_offset != tail_start:
         raise FooterError(f"file size does not match the footer: footer found at byte {tail_start}, "
