@@ -23,11 +23,11 @@ from pathlib import Path
 
 from pydantic import RootModel, ValidationError
 
+from weft import settings
 from weft.errors import WeftError
 from weft.manifest import AppId, Version
 
-# TODO(settings): move to weft/settings.py once it exists.
-ROLLBACK_RECORD = Path("/var/lib/weft-mountd/versions.json")
+ROLLBACK_RECORD = settings.ROLLBACK_RECORD.default
 RECORD_MODE = 0o644
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 

@@ -98,7 +98,14 @@ CACHE_DIR: Setting[Path | None] = Setting(
     "WEFT's cache: compiled components, mkosi, accel probe (default $XDG_CACHE_HOME/weft)")
 IMAGE_STORE: Setting[Path | None] = Setting(
     "WEFT_IMAGE_STORE", Path | None, None,
-    "installed app images, `<dir>/<app_id>.wapp` (default $XDG_DATA_HOME/weft/images)")
+    "installed app images, `<dir>/<app_id>.wapp` (default on WEFT OS /var/lib/weft/images, "
+    "elsewhere $XDG_DATA_HOME/weft/images)")
+SYSTEM_IMAGE_STORE: Setting[Path] = Setting(
+    "WEFT_SYSTEM_IMAGE_STORE", Path, Path("/usr/share/weft/images"),
+    "app images shipped with the OS (read-only; its presence marks WEFT OS); their ids cannot be installed")
+ROLLBACK_RECORD: Setting[Path] = Setting(
+    "WEFT_ROLLBACK_RECORD", Path, Path("/var/lib/weft-mountd/versions.json"),
+    "highest version of each app activated on this device (weft-mountd writes it; weft-pack reads it)")
 APPD_SOCKET: Setting[Path | None] = Setting(
     "WEFT_APPD_SOCKET", Path | None, None, "weft-appd's Unix socket (default $XDG_RUNTIME_DIR/weft/appd.sock)")
 MOUNTD_SOCKET: Setting[Path] = Setting(
@@ -137,7 +144,8 @@ APP_PIDS_MAX: Setting[int] = Setting(
 DEBUG: Setting[bool] = Setting("WEFT_DEBUG", bool, False, "`1`: tracebacks on failure, like --debug", split=_flag)
 
 ALL: tuple[Setting[Any], ...] = (
-    HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, APP_DATA, CACHE_DIR, IMAGE_STORE, APPD_SOCKET,
+    HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, APP_DATA, CACHE_DIR, IMAGE_STORE,
+    SYSTEM_IMAGE_STORE, ROLLBACK_RECORD, APPD_SOCKET,
     MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, RUNTIME_BIN, RUNTIME_POOL, READY_TIMEOUT_S,
     MAX_SESSIONS, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT, APP_PIDS_MAX, DEBUG,
 )
