@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
-.venv/bin/weft image build --out mkosi.output/default
-exec .venv/bin/weft vm run --image mkosi.output/default/weft.raw "$@"
+# `weft image build` prints the image it wrote (its name comes from mkosi.conf's ImageId=).
+image=$(.venv/bin/weft image build | tail -n 1)
+exec .venv/bin/weft vm run --image "$image" "$@"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.errors import WeftError
-from weft.image.build import PROFILES
+from weft.image import profiles
 
 log = logging.getLogger("weft.image")
 
@@ -20,11 +20,11 @@ def _repo_root() -> Path:
 
 
 def _cmd_image_build(args: argparse.Namespace) -> int:
-    from weft.image.build import BuildConfig, build_image, default_mkosi_cache, default_out_dir
+    from weft.image.build import BuildConfig, build_image, default_mkosi_cache
 
     repo = _repo_root()
     config = BuildConfig(repo=repo, profile=args.profile,
-                         out_dir=(args.out or default_out_dir(repo, args.profile)).resolve(),
+                         out_dir=(args.out or profiles.output_dir(repo, args.profile)).resolve(),
                          mkosi_cache=default_mkosi_cache(), force_all=args.clean)
     image = build_image(config)
     print(image)
@@ -55,11 +55,10 @@ def _cmd_image_flash(args: argparse.Namespace) -> int:
 
 
 def _cmd_vm_run(args: argparse.Namespace) -> int:
-    from weft.image.build import default_out_dir
     from weft.vm.run import run_vm
 
-    image = args.image or _newest_image(default_out_dir(_repo_root(), "default"),
-                                        default_out_dir(_repo_root(), "test"))
+    repo = _repo_root()
+    image = args.image or _newest_image(*(profiles.output_dir(repo, p) for p in profiles.profiles(repo)))
     return run_vm(_existing_file(image), display=args.display, snapshot=args.snapshot)
 
 
@@ -88,7 +87,7 @@ def build_parser() -> ArgumentParser:
     image = top.add_parser("image", help="build, audit or flash the OS image")
     image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,audit,flash}")
     build = image_cmds.add_parser("build", help="build the disk image with mkosi (incremental)")
-    build.add_argument("--profile", default="default", choices=PROFILES,
+    build.add_argument("--profile", default="default", choices=profiles.profiles(_repo_root()),
                        help="`test` adds a root shell on the virtio console for VM tests")
     build.add_argument("--out", type=Path, help="output directory (default: mkosi.output/PROFILE)")
     build.add_argument("--clean", action="store_true",

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from weft.image.profiles import image_path
 from weft.vm.accel import detect_accel
 from weft.vm.machine import Machine
 from weft.vm.qemu import Accel
 from weft.vm.run import accel_cache_file
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_IMAGE = REPO / "mkosi.output" / "test" / "weft-test.raw"
+DEFAULT_IMAGE = image_path(REPO, "test")
 BOOT_TIMEOUT_S = 900  # TCG on 2 cores boots in ~1-2.5 min; leave room for a loaded machine
 
 

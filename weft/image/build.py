@@ -2,48 +2,36 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from weft import settings
 from weft.errors import WeftError
+from weft.image import profiles
 from weft.image.mkosi_tool import find_mkosi
 from weft.image.wheels import build_wheels
 from weft.proc import run
 
 log = logging.getLogger("weft.image")
 
-PROFILES = ("default", "test")  # mkosi.profiles/<name>/ holds what a profile adds
-
-
 class BuildConfig(BaseModel):
     """Everything one image build needs, resolved once at the CLI."""
 
     model_config = ConfigDict(frozen=True)
     repo: Path
-    profile: Literal["default", "test"] = "default"
+    profile: str = profiles.DEFAULT  # one of profiles.profiles(repo)
     out_dir: Path
     mkosi_cache: Path
     force_all: bool = False
 
     @property
-    def image_id(self) -> str:
-        return "weft" if self.profile == "default" else f"weft-{self.profile}"
-
-    @property
     def image_path(self) -> Path:
-        return self.out_dir / f"{self.image_id}.raw"
-
-
-def default_out_dir(repo: Path, profile: str) -> Path:
-    return repo / "mkosi.output" / profile
+        return profiles.image_path(self.repo, self.profile, self.out_dir)
 
 
 def default_mkosi_cache() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "weft" / "mkosi"
+    return settings.cache_dir() / "mkosi"
 
 
 def source_date_epoch(repo: Path) -> str:

@@ -1,20 +1,19 @@
 """`weft vm run`: boot an image interactively, serial console on this terminal when headless."""
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
+from weft import settings
 from weft.proc import run
 from weft.vm.accel import detect_accel
 from weft.vm.qemu import Display, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
 
 
 def accel_cache_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "weft" / "accel.json"
+    return settings.cache_dir() / "accel.json"
 
 
 def _persistent_overlay(image: Path) -> Path:
