@@ -19,7 +19,7 @@ import zstandard
 from weft.errors import WeftError
 from weft.manifest import is_valid_app_id
 from weft.pack.check import check_package
-from weft.pack.tree import walk_package
+from weft.pack.tree import PackageTreeError, require_clean_name, walk_package
 
 BUNDLE_SUFFIX = ".app.tar.zst"
 MAX_MEMBERS = 100_000
@@ -120,8 +120,12 @@ def _extract(archive: str | os.PathLike[str], dest: Path) -> str:
 
 
 def _safe_name(raw: str, links: set[PurePosixPath]) -> PurePosixPath:
+    try:
+        require_clean_name(raw)
+    except PackageTreeError as exc:
+        raise BundleError(f"archive member {exc}") from None
     parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if raw.startswith("/") or not parts or ".." in parts or "\0" in raw:
+    if raw.startswith("/") or not parts or ".." in parts:
         raise BundleError(f"unsafe path in archive: '{raw}'")
     name = PurePosixPath(*parts)
     if any(parent in links for parent in name.parents):
@@ -145,6 +149,10 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: PurePos
             shutil.copyfileobj(src, out, 1 << 20)
     elif member.issym():
         target = member.linkname
+        try:
+            require_clean_name(target)
+        except PackageTreeError as exc:
+            raise BundleError(f"symlink '{member.name}' -> {exc}") from None
         if target.startswith("/") or ".." in target.split("/") or not target:
             raise BundleError(f"symlink '{member.name}' -> '{target}' leaves the package")
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)

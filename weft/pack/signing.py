@@ -16,7 +16,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from weft.errors import WeftError
 from weft.manifest import SIGNATURE_NAME
-from weft.pack.tree import walk_package
+from weft.pack.tree import require_clean_name, walk_package
 
 READ_BYTES = 1 << 20
 
@@ -31,8 +31,12 @@ def _file_sha256(path: Path) -> str:
 
 
 def listing_digest(entries: Iterable[tuple[str, str]]) -> bytes:
-    """SHA-256 of the canonical text for (relative path, file SHA-256 hex) pairs."""
-    ordered = sorted(entries, key=lambda entry: entry[0].encode("utf-8"))
+    """SHA-256 of the canonical text for (relative path, file SHA-256 hex) pairs.
+
+    Unambiguous only for clean names (no tab, newline or other control character), so others
+    are refused here too, whatever produced the listing."""
+    ordered = sorted(((require_clean_name(rel), digest) for rel, digest in entries),
+                     key=lambda entry: entry[0].encode("utf-8"))
     return hashlib.sha256("".join(f"{rel}\t{digest}\n" for rel, digest in ordered).encode("utf-8")).digest()
 
 

@@ -1,17 +1,25 @@
 """What a package directory contains: its files, walked the way the signature scheme walks them.
 
 Symlinks are followed (reference §2.5) but must resolve inside the package; device files,
-fifos and sockets are refused, and so are symlink loops.
+fifos and sockets are refused, and so are symlink loops. File names must be UTF-8 without
+control characters (`require_clean_name`), so the signed listing is unambiguous.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from weft.errors import WeftError
+from weft.terminal import terminal_safe
+
+# C0 controls (TAB and LF among them), DEL and C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# What surrogateescape makes of bytes that are not UTF-8.
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
 class PackageTreeError(WeftError):
@@ -46,7 +54,7 @@ def _walk(base: Path, directory: Path, prefix: str, out: list[PackageFile], ance
     except OSError as exc:
         raise PackageTreeError(f"cannot list '{prefix or '.'}': {exc.strerror}") from None
     for name in names:
-        rel = prefix + _lossy(name)
+        rel = require_clean_name(prefix + os.fsencode(name).decode("utf-8", "surrogateescape"))
         path = directory / name
         if path.is_symlink():
             target = path.resolve()
@@ -65,9 +73,19 @@ def _walk(base: Path, directory: Path, prefix: str, out: list[PackageFile], ance
             raise PackageTreeError(f"'{rel}' is not a regular file or directory")
 
 
-def _lossy(name: str) -> str:
-    """File names as the reference signs them: UTF-8, invalid bytes replaced (to_string_lossy)."""
-    return os.fsencode(name).decode("utf-8", "replace")
+def require_clean_name(rel: str) -> str:
+    """`rel` (a path inside a package, undecodable bytes as surrogateescape) if it can be signed.
+
+    The signed listing is `<rel>\\t<sha256>\\n` per file (reference §2.5): a name holding a tab
+    and a newline can stand in for two files, so names with control characters (C0, DEL, C1)
+    are refused. So are names that are not UTF-8: the reference signs them lossily, which
+    makes two different names sign alike. Every legitimate name keeps the reference's digest.
+    """
+    if _UNDECODABLE.search(rel):
+        raise PackageTreeError(f"'{terminal_safe(rel)}': file name is not valid UTF-8")
+    if _CONTROL.search(rel):
+        raise PackageTreeError(f"'{terminal_safe(rel)}': file name contains a control character")
+    return rel
 
 
 def copy_package(source: str | os.PathLike[str], dest: Path) -> Path:
