@@ -31,6 +31,8 @@ APP_SOURCES = {
     "org.weft.demo.notes": REPO / "examples/org.weft.demo.notes",
     "org.weft.test.probe": REPO / "tests/apps/org.weft.test.probe",
     "org.weft.test.silent": REPO / "tests/apps/org.weft.test.silent",
+    "org.weft.test.memories": REPO / "tests/apps/org.weft.test.memories",
+    "org.weft.test.tables": REPO / "tests/apps/org.weft.test.tables",
 }
 COMPILED_CACHE = REPO / ".cache/weft-test-components"
 

@@ -31,6 +31,12 @@ class EngineOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
     epoch_interruption: bool = True  # lets a stop request interrupt a guest that never calls the host
     max_wasm_stack: int = 1 << 20
+    # Off: the GC heap (GC and exception objects) is one more memory-sized region that the
+    # store's count of memories leaves out (limits.py), and shared memories come with threads.
+    # No WEFT toolchain emits any of them.
+    wasm_gc: bool = False
+    wasm_exceptions: bool = False
+    wasm_threads: bool = False
 
     def cache_tag(self) -> bytes:
         return f"wasmtime={WASMTIME_VERSION};{self.model_dump_json()}".encode()
@@ -40,6 +46,9 @@ def make_engine(options: EngineOptions) -> Engine:
     config = Config()
     config.epoch_interruption = options.epoch_interruption
     config.max_wasm_stack = options.max_wasm_stack
+    config.wasm_gc = options.wasm_gc
+    config.wasm_exceptions = options.wasm_exceptions
+    config.wasm_threads = options.wasm_threads
     return Engine(config)
 
 

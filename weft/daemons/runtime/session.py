@@ -1,8 +1,8 @@
 """One app session: resolve the package, instantiate the component with its grants, run it.
 
-Limits: each linear memory is capped (`Store.set_limits`); a stop request (SIGTERM from
-appd, or the relay closing) wakes a guest blocked in `ipc.recv` with `none` and interrupts
-a guest that is computing by bumping the engine epoch past the store's deadline.
+Limits: the guest's memories and tables are capped in total (limits.py); a stop request
+(SIGTERM from appd, or the relay closing) wakes a guest blocked in `ipc.recv` with `none`
+and interrupts a guest that is computing by bumping the engine epoch past the store's deadline.
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import enum
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from wasmtime import Engine, Store, Trap, WasiConfig, WasmtimeError
 from wasmtime.component import Component, Func, Instance
 
@@ -20,8 +19,10 @@ from weft.daemons.runtime.channels import PortalClient, Relay
 from weft.daemons.runtime.engine import ComponentCache
 from weft.daemons.runtime.grants import Grants
 from weft.daemons.runtime.host import HostImports, build_linker
+from weft.daemons.runtime.limits import GuestLimits
 from weft.errors import WeftError
 from weft.manifest import load_manifest, resolve_inside
+from weft.settings import MemoryMib
 from weft.store import StorePaths
 
 log = logging.getLogger("weft.runtime")
@@ -40,7 +41,7 @@ class SessionSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
     app_id: str
     session_id: int
-    memory_mib: Annotated[int, Field(ge=16, le=65536)] = 256
+    memory_mib: MemoryMib = 256
 
 
 class GuestOutput:
@@ -122,7 +123,7 @@ class AppSession:
 
     def run(self) -> ExitCode:
         store = Store(self.engine)
-        store.set_limits(memory_size=self.settings.memory_mib << 20)
+        GuestLimits.for_cap(self.settings.memory_mib).apply(store)
         store.set_epoch_deadline(1)  # the epoch only moves on a stop request
         store.set_wasi(self._wasi())
         imports = HostImports(self.grants, self.relay, self.portal, self._signal_ready)

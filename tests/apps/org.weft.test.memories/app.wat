@@ -1,0 +1,45 @@
+;; org.weft.test.memories: four linear memories (tests only). A per-memory cap alone lets it
+;; hold four times the cap: on every message it grows memories 1-3 and the exported one by
+;; 1024 pages (64 MiB) each, touches every page, and replies with how many grows succeeded.
+(module
+  (import "weft:app/notify@0.1.0" "ready" (func $ready))
+  (import "weft:app/ipc@0.1.0" "send" (func $send (param i32 i32 i32)))
+  (import "weft:app/ipc@0.1.0" "recv" (func $recv (param i32)))
+  (memory $main (export "memory") 1)
+  (memory $m1 0)
+  (memory $m2 0)
+  (memory $m3 0)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get 3)))
+    (local.get $p))
+  (func $grown (param $old i32) (result i32)
+    (i32.ne (local.get $old) (i32.const -1)))
+  (func (export "run")
+    (local $count i32)
+    call $ready
+    (block $closed
+      (loop $next
+        (global.set $heap (i32.const 4096))
+        (call $recv (i32.const 8))
+        (br_if $closed (i32.eqz (i32.load8_u (i32.const 8))))
+        (local.set $count (i32.const 0))
+        (if (call $grown (memory.grow $m1 (i32.const 1024)))
+          (then (memory.fill $m1 (i32.const 0) (i32.const 1) (i32.const 67108864))
+                (local.set $count (i32.add (local.get $count) (i32.const 1)))))
+        (if (call $grown (memory.grow $m2 (i32.const 1024)))
+          (then (memory.fill $m2 (i32.const 0) (i32.const 1) (i32.const 67108864))
+                (local.set $count (i32.add (local.get $count) (i32.const 1)))))
+        (if (call $grown (memory.grow $m3 (i32.const 1024)))
+          (then (memory.fill $m3 (i32.const 0) (i32.const 1) (i32.const 67108864))
+                (local.set $count (i32.add (local.get $count) (i32.const 1)))))
+        (if (call $grown (memory.grow $main (i32.const 1024)))
+          (then (memory.fill $main (i32.const 65536) (i32.const 1) (i32.const 67108864))
+                (local.set $count (i32.add (local.get $count) (i32.const 1)))))
+        ;; reply: one ASCII digit, the number of memories that grew
+        (i32.store8 (i32.const 64) (i32.add (i32.const 48) (local.get $count)))
+        (call $send (i32.const 64) (i32.const 1) (i32.const 32))
+        (br $next))))
+)
