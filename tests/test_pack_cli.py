@@ -72,7 +72,7 @@ def test_publisher_flow_end_to_end(sample_package, tmp_path, store_env):
     listed = json.loads(run([*PACK, "list", "--json"], env=store_env).stdout)
     assert [a["id"] for a in listed] == ["com.example.notes"]
     assert run([*PACK, "uninstall", "com.example.notes"], env=store_env).returncode == 0
-    assert run([*PACK, "list"], env=store_env).stdout == "no packages installed\n"
+    assert run([*PACK, "list"], env=store_env).stdout == "no apps installed\n"
 
 
 def test_image_commands(sample_package, keypair, other_keypair, tmp_path):

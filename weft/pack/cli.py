@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
-from weft.errors import UsageError
-from weft.manifest import load_manifest
-from weft.store import StorePaths
+from weft.errors import UsageError, WeftError
+from weft.manifest import is_valid_app_id, load_manifest
+from weft.store import TRUSTED_KEYS_DIR, StorePaths
+from weft.terminal import terminal_safe
 
 
 def _out(text: str) -> None:
@@ -26,6 +28,16 @@ def cmd_check(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from weft.pack.image_store import describe_image, find_image
+
+    if args.dir.is_file():
+        return _print_image_info(describe_image(args.dir, store=None), args.json)
+    if not args.dir.exists() and is_valid_app_id(str(args.dir)):  # an installed app's id
+        store = StorePaths.from_env()
+        image = find_image(str(args.dir), store)
+        if image is not None:
+            return _print_image_info(image, args.json)
+        args.dir = store.find_package(str(args.dir))
     m = load_manifest(args.dir)
     p = m.package
     if args.json:
@@ -39,6 +51,21 @@ def cmd_info(args) -> int:
     for label, value in rows:
         if value is not None:
             _out(f"{label + ':':<8} {value}")
+    return 0
+
+
+def _print_image_info(image, as_json: bool) -> int:
+    if as_json:
+        _out(json.dumps(image.model_dump(mode="json"), indent=2))
+        return 0
+    rows = [("id", image.id), ("version", image.version), ("store", image.store),
+            ("path", terminal_safe(str(image.path))), ("publisher", image.publisher), ("key id", image.key_id),
+            ("root hash", image.root_hash), ("file size", f"{image.file_size} bytes"),
+            ("data size", f"{image.data_size} bytes"), ("hash size", f"{image.hash_size} bytes")]
+    for label, value in rows:
+        if value is not None:
+            _out(f"{label + ':':<11} {value}")
+    _out("(from the footer; install and verify-image check the signature and every block)")
     return 0
 
 
@@ -69,9 +96,14 @@ def cmd_verify(args) -> int:
 
 
 def cmd_install(args) -> int:
+    from weft.pack.bundle import is_bundle_path
     from weft.pack.install import install_package
     from weft.pack.keys import load_verify_key
 
+    if args.image_key or (args.source.is_file() and not is_bundle_path(args.source)):
+        return _install_image(args)
+    if args.allow_downgrade or args.trusted_keys:
+        raise UsageError("--allow-downgrade and --trusted-keys apply to .wapp images only")
     if args.require_signature and not args.key:
         raise UsageError("--require-signature needs --key PUB")
     if args.key and not args.require_signature:
@@ -82,25 +114,72 @@ def cmd_install(args) -> int:
     return 0
 
 
+def _install_image(args) -> int:
+    import tempfile
+
+    from weft.pack.footer import load_trusted_keys
+    from weft.pack.image import build_image
+    from weft.pack.image_store import install_image
+    from weft.pack.keys import load_signing_key
+
+    if args.require_signature or args.key:
+        raise UsageError("--require-signature/--key are for directory packages; an image is always "
+                         "verified against the trusted keys (--trusted-keys DIR)")
+    key_dir = args.trusted_keys or TRUSTED_KEYS_DIR
+    keys = load_trusted_keys(key_dir)
+    if not keys:
+        raise UsageError(f"no trusted publisher keys in {key_dir}; on a development host pass "
+                         f"--trusted-keys DIR (a directory of *.pub files)")
+    store = StorePaths.from_env()
+    with tempfile.TemporaryDirectory(prefix="weft-pack-") as work:
+        source = args.source
+        if args.image_key:
+            if not args.source.is_dir():
+                raise UsageError("--image-key packs a package directory; give a directory")
+            source = build_image(args.source, load_signing_key(args.image_key), Path(work) / "app.wapp",
+                                 timestamp=_source_date_epoch())
+        image = install_image(source, store, keys, allow_downgrade=args.allow_downgrade)
+    _out(f"installed {image.id} {image.version} (publisher {image.publisher}) -> {terminal_safe(str(image.path))}")
+    return 0
+
+
 def cmd_uninstall(args) -> int:
+    from weft.pack.image_store import system_holds, uninstall_image
     from weft.pack.install import uninstall_package
 
-    uninstall_package(args.app_id, StorePaths.from_env(), purge=args.purge)
+    store = StorePaths.from_env()
+    removed_image = uninstall_image(args.app_id, store) if store.images_root is not None else None
+    package_dir = store.install_root / args.app_id if store.install_root is not None else None
+    if removed_image is None or (package_dir is not None and package_dir.is_dir()):
+        if removed_image is None and system_holds(args.app_id, store):
+            raise WeftError(f"{args.app_id} ships with the OS and cannot be uninstalled")
+        uninstall_package(args.app_id, store, purge=args.purge)
+    elif args.purge:
+        shutil.rmtree(store.app_data_dir(args.app_id), ignore_errors=True)
     _out(f"uninstalled {args.app_id}" + (" (data purged)" if args.purge else ""))
     return 0
 
 
 def cmd_list(args) -> int:
+    from weft.pack.image_store import BrokenImage, list_images
     from weft.pack.install import list_packages
 
-    apps = list_packages(StorePaths.from_env())
+    store = StorePaths.from_env()
+    apps = list_packages(store)
+    images = list_images(store)
     if args.json:
-        _out(json.dumps([a.model_dump(mode="json") for a in apps], indent=2))
-    elif not apps:
-        _out("no packages installed")
+        _out(json.dumps([{"kind": "package", **a.model_dump(mode="json")} for a in apps]
+                        + [{"kind": "image", **i.model_dump(mode="json")} for i in images], indent=2))
+    elif not apps and not images:
+        _out("no apps installed")
     else:
         for app in apps:
             _out(f"{app.id}  {app.name}  {app.version}")
+        for image in images:
+            if isinstance(image, BrokenImage):
+                _out(f"{terminal_safe(image.id)}  image ({image.store}), unusable: {terminal_safe(image.problem)}")
+            else:
+                _out(f"{image.id}  {image.version}  image ({image.store})")
     return 0
 
 
@@ -183,8 +262,9 @@ def build_parser() -> ArgumentParser:
 
     p = command("check", cmd_check, "validate a package directory (manifest, module, UI entry)")
     p.add_argument("dir", type=Path)
-    p = command("info", cmd_info, "show a package's manifest")
-    p.add_argument("dir", type=Path)
+    p = command("info", cmd_info, "show a package's manifest, or an app image's footer (a .wapp file or "
+                "an installed app id)")
+    p.add_argument("dir", type=Path, metavar="TARGET")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command("generate-key", cmd_generate_key, "create weft-sign.key (mode 0600) and weft-sign.pub")
     p.add_argument("dir", type=Path, nargs="?", default=Path("."))
@@ -194,14 +274,22 @@ def build_parser() -> ArgumentParser:
     p = command("verify", cmd_verify, "check DIR/signature.sig against a public key")
     p.add_argument("dir", type=Path)
     p.add_argument("--key", required=True, type=Path, help="public key file (weft-sign.pub)")
-    p = command("install", cmd_install, "install a package directory or .app.tar.zst bundle atomically")
+    p = command("install", cmd_install, "install a .wapp image (verified against the trusted keys first), "
+                "or a package directory or .app.tar.zst bundle, atomically")
     p.add_argument("source", type=Path)
     p.add_argument("--require-signature", action="store_true", help="refuse unsigned or wrongly signed packages")
     p.add_argument("--key", type=Path, help="public key for --require-signature")
-    p = command("uninstall", cmd_uninstall, "remove an installed package (its data stays unless --purge)")
+    p.add_argument("--image-key", type=Path, metavar="KEY",
+                   help="pack the package directory into a .wapp signed with this private key, then install it")
+    p.add_argument("--trusted-keys", "--keys", type=Path, metavar="DIR",
+                   help=f"trusted publisher keys for images (default: {TRUSTED_KEYS_DIR})")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="install an image older than the installed or activated version (lowers the "
+                        "device's rollback record: root only)")
+    p = command("uninstall", cmd_uninstall, "remove an installed package or image (its data stays unless --purge)")
     p.add_argument("app_id")
     p.add_argument("--purge", action="store_true", help="also delete the app's data directory")
-    p = command("list", cmd_list, "list installed packages")
+    p = command("list", cmd_list, "list installed packages and app images")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command("bundle", cmd_bundle, "write <id>.app.tar.zst from a package directory")
     p.add_argument("dir", type=Path)
