@@ -3,8 +3,9 @@
 The image must be built first (`weft image build --profile test`; ci/test.sh does it). A
 missing image or QEMU is a test failure, not a skip. One booted VM is shared by the whole
 session; a test that needs its own VM (the tampered image) stops the shared one first, so
-there are never two VMs at once. Serial logs and QEMU command lines are kept under
-test-artifacts/vm/.
+there are never two VMs at once. Serial logs, QEMU command lines and each machine's actions
+log (NAME-actions.log: every command, wait and key press, with the test that did it) are kept
+under test-artifacts/vm/.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class SharedVm:
                 machine.start()
                 machine.wait_for_shell(BOOT_TIMEOUT_S)
             except Exception as exc:
-                machine.kill()
+                machine.close()
                 self._boot_error = exc  # boot once per session, not once per test
                 raise
             self._machine = machine
@@ -88,7 +89,7 @@ class SharedVm:
             try:
                 self._machine.shutdown()
             finally:
-                self._machine.kill()
+                self._machine.close()
                 self._machine = None
 
 
@@ -100,5 +101,7 @@ def shared_vm(test_image: Path, artifacts: Path, accel: Accel) -> Iterator[Share
 
 
 @pytest.fixture
-def machine(shared_vm: SharedVm) -> Machine:
-    return shared_vm.get()
+def machine(shared_vm: SharedVm, request: pytest.FixtureRequest) -> Machine:
+    machine = shared_vm.get()
+    machine.note(f"=== {request.node.nodeid}")  # the actions log says which test did what
+    return machine

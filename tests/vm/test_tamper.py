@@ -40,13 +40,9 @@ def test_tampered_root_fails_closed(shared_vm, test_image: Path, artifacts: Path
     root = find_partition(tampered, ROOT_X86_64)
     _flip_byte(tampered, root.offset + FLIP_OFFSET)
 
-    machine = Machine(tampered, artifacts, accel, name="tampered", test_console=False)
-    machine.start()
-    try:
+    with Machine(tampered, artifacts, accel, name="tampered", test_console=False) as machine:
         refused = machine.wait_for_console(VERITY_REFUSED, timeout=900)
         stopped = machine.wait_for_console(STOPPED, timeout=300)
-    finally:
-        machine.kill()
     log = machine.serial_text()
     assert not re.search(REACHED_ROOT, log), "boot went on into the tampered root"
     where = "\n".join(line for line in log.splitlines()

@@ -9,16 +9,19 @@ within the time limit, KVM works. The result is cached per host kernel and QEMU 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from weft.proc import spawn
 from weft.vm.qemu import Accel, cpu_model, firmware_args, prepare_efi_vars, qemu_binary
 
 PROBE_TIMEOUT_S = 20.0
 FIRMWARE_REACHED_BOOT_MANAGER = b"BdsDxe"
+
+log = logging.getLogger("weft.vm")
 
 
 def _kvm_runs_a_guest(qemu: str) -> bool:
@@ -27,9 +30,9 @@ def _kvm_runs_a_guest(qemu: str) -> bool:
         argv = [qemu, "-accel", "kvm", "-machine", "q35", "-cpu", cpu_model("kvm"), "-m", "256",
                 "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
                 *firmware_args(efi_vars)]
-        # Launched directly (not via proc.run): the probe guest never exits by itself, and
-        # its partial serial output is the answer.
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # Spawned (not run()): the probe guest never exits by itself, and its partial serial
+        # output is the answer.
+        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
             out, _ = proc.communicate(timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -52,10 +55,10 @@ def detect_accel(cache_file: Path) -> Accel:
     try:
         cached = json.loads(cache_file.read_text())
         if cached.get("key") == key and cached.get("accel") in ("kvm", "tcg"):
-            return cached["accel"]
+            return "kvm" if cached["accel"] == "kvm" else "tcg"
     except (OSError, ValueError):
         pass
-    print("vm: probing whether KVM runs a guest here", file=sys.stderr)
+    log.info("vm: probing whether KVM runs a guest here")
     accel: Accel = "kvm" if _kvm_runs_a_guest(qemu) else "tcg"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     cache_file.write_text(json.dumps({"key": key, "accel": accel}))

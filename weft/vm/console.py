@@ -2,47 +2,102 @@
 QEMU socket chardev. Each command is framed so that its exact output and exit status come
 back: the command travels base64-encoded, its merged stdout/stderr comes back base64-encoded
 between two markers that carry a per-command nonce, followed by the exit status.
+
+The framing (`frame_command`, `ReplyParser`) is separate from the socket, so it can be tested
+on byte streams: the tty echoes the sent line and turns "\\n" into "\\r\\n", and output of an
+earlier command that timed out may still arrive; none of that can be taken for the reply.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from weft.errors import WeftError
+from weft.vm.poll import poll
 
 BEGIN = "WEFT-BEGIN-"
 END = "WEFT-END-"
 # Canonical tty input lines are limited to 4096 bytes; stay well below.
 MAX_LINE = 3500
+RECV_SIZE = 65536
 
 
-class ConsoleTimeout(WeftError):
+class ConsoleError(WeftError):
+    """The test console is unusable (not connected, closed, or a garbled reply)."""
+
+
+class ConsoleTimeout(ConsoleError):
     pass
 
 
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    output: str
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(8)
+
+
+def frame_command(command: str, nonce: str) -> str:
+    """The shell line that runs `command` with bash and reports its output and status."""
+    encoded = base64.b64encode(command.encode()).decode()
+    # The markers are split by quotes in the sent text, so the tty's echo of this line can
+    # never be mistaken for the reply; the command's own text travels only as base64.
+    line = (f"printf '%s\\n' '{BEGIN}'{nonce}; "
+            f"(eval \"$(printf %s {encoded} | base64 -d)\") </dev/null 2>&1 | base64 -w0; "
+            f"printf '\\n%s %s\\n' '{END}'{nonce} \"${{PIPESTATUS[0]}}\"")
+    if len(line) > MAX_LINE:
+        raise ConsoleError(f"command too long for the test console ({len(command)} bytes)")
+    return line
+
+
+class ReplyParser:
+    """Collects console bytes until the reply to the command framed with `nonce` is complete."""
+
+    def __init__(self, nonce: str):
+        begin, end = (BEGIN + nonce).encode(), (END + nonce).encode()
+        self._pattern = re.compile(re.escape(begin) + rb"\r?\n(.*?)" + re.escape(end) + rb" (\d+)\r?\n", re.S)
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> Reply | None:
+        """Add received bytes; the reply once it is complete, else None."""
+        self._buffer += data
+        match = self._pattern.search(self._buffer)
+        if match is None:
+            return None
+        try:
+            output = base64.b64decode(re.sub(rb"\s", b"", match.group(1)), validate=True)
+        except binascii.Error:
+            raise ConsoleError(f"garbled reply on the test console: {match.group(1)[:200]!r}") from None
+        return Reply(int(match.group(2)), output.decode(errors="replace"))
+
+
 class TestConsole:
+    __test__ = False  # not a pytest test class, despite the name
+
     def __init__(self, socket_path: Path):
         self._path = socket_path
         self._sock: socket.socket | None = None
-        self._buffer = b""
 
     def connect(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def attempt() -> socket.socket | None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(str(self._path))
-                self._sock = sock
-                return
+                return sock
             except OSError:
                 sock.close()
-                if time.monotonic() > deadline:
-                    raise WeftError(f"cannot connect to the test console {self._path}") from None
-                time.sleep(0.2)
+                return None
+
+        self._sock = poll(attempt, what=f"the test console {self._path} to accept", timeout=timeout, interval=0.2)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -51,58 +106,30 @@ class TestConsole:
 
     def send_line(self, line: str) -> None:
         if self._sock is None:
-            raise WeftError("test console is not connected")
+            raise ConsoleError("test console is not connected")
         self._sock.sendall(line.encode() + b"\n")
 
-    def _read_until(self, pattern: re.Pattern[bytes], deadline: float) -> re.Match[bytes]:
-        assert self._sock is not None
-        while True:
-            match = pattern.search(self._buffer)
-            if match:
-                return match
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConsoleTimeout("timed out waiting for the test console")
-            self._sock.settimeout(min(remaining, 1.0))
-            try:
-                chunk = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                raise WeftError("the test console closed (did QEMU exit?)")
-            self._buffer += chunk
-
-    def execute(self, command: str, timeout: float) -> tuple[int, str]:
-        """Run `command` with bash in the guest; return (exit status, stdout+stderr)."""
-        nonce = secrets.token_hex(8)
-        encoded = base64.b64encode(command.encode()).decode()
-        # The markers are split by quotes in the sent text, so the tty's echo of this line
-        # can never be mistaken for the output.
-        line = (f"printf '%s\\n' '{BEGIN}'{nonce}; "
-                f"(eval \"$(printf %s {encoded} | base64 -d)\") </dev/null 2>&1 | base64 -w0; "
-                f"printf '\\n%s %s\\n' '{END}'{nonce} \"${{PIPESTATUS[0]}}\"")
-        if len(line) > MAX_LINE:
-            raise WeftError(f"command too long for the test console ({len(command)} bytes)")
-        self._buffer = b""
-        self.send_line(line)
-        begin, end = (BEGIN + nonce).encode(), (END + nonce).encode()
-        pattern = re.compile(re.escape(begin) + rb"\r?\n(.*?)" + re.escape(end) + rb" (\d+)\r?\n", re.S)
-        try:
-            match = self._read_until(pattern, time.monotonic() + timeout)
-        except ConsoleTimeout:
-            raise ConsoleTimeout(f"command did not finish within {timeout:g} s: {command}") from None
-        self._buffer = self._buffer[match.end():]
-        output = base64.b64decode(re.sub(rb"\s", b"", match.group(1)))
-        return int(match.group(2)), output.decode(errors="replace")
-
-    def wait_ready(self, timeout: float) -> None:
-        """Wait until the guest shell answers (it starts late in boot, and again after a reboot)."""
+    def execute(self, command: str, timeout: float) -> Reply:
+        """Run `command` with bash in the guest; return its exit status and stdout+stderr."""
+        nonce = new_nonce()
+        self.send_line(frame_command(command, nonce))
+        parser = ReplyParser(nonce)
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                self.execute("true", timeout=min(5.0, max(0.1, deadline - time.monotonic())))
-                return
-            except ConsoleTimeout:
-                if time.monotonic() > deadline:
-                    raise ConsoleTimeout(
-                        f"the guest test shell did not answer within {timeout:g} s") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConsoleTimeout(f"command did not finish within {timeout:g} s: {command}")
+            if (reply := parser.feed(self._recv(min(remaining, 1.0)))) is not None:
+                return reply
+
+    def _recv(self, timeout: float) -> bytes:
+        if self._sock is None:
+            raise ConsoleError("test console is not connected")
+        self._sock.settimeout(timeout)
+        try:
+            chunk = self._sock.recv(RECV_SIZE)
+        except TimeoutError:
+            return b""
+        if not chunk:
+            raise ConsoleError("the test console closed (did QEMU exit?)")
+        return chunk

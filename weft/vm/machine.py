@@ -1,23 +1,40 @@
-"""A booted WEFT VM, driven like a test reads: wait_for_unit, succeed, fail, wait_for_console,
-screenshot, send_key, reboot, shutdown. QEMU runs with QMP on a Unix socket, the serial
-console logged to a file (kept as an artifact) and, for test-profile images, the test shell
-on a virtio console (see weft.vm.console).
+"""A booted WEFT VM, driven like a test reads: wait_for_unit, succeed, fail, wait_until_succeeds,
+wait_for_console, screenshot, send_key, reboot, shutdown. QEMU runs with QMP on a Unix socket,
+the serial console logged to a file and, for test-profile images, the test shell on a virtio
+console (see weft.vm.console).
+
+Use it as a context manager: QEMU is killed on the way out, whatever happened, and the files
+in `workdir` stay: NAME-serial.log, NAME-qemu.cmdline, NAME-qemu.stderr and NAME-actions.log,
+the timeline of everything the harness did (also logged to the `weft.vm.NAME` logger, which
+pytest shows with a failed test). Every wait goes through weft.vm.poll; a wait that times out
+logs what the guest was doing.
 """
 from __future__ import annotations
 
+import logging
 import re
+import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
 
 from qemu.qmp import ConnectError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from weft.errors import WeftError
-from weft.vm.console import TestConsole
+from weft.proc import spawn
+from weft.vm.console import ConsoleError, ConsoleTimeout, Reply, TestConsole
+from weft.vm.poll import poll
 from weft.vm.qemu import Accel, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONNECT_TIMEOUT_S = 30
+QUERY_TIMEOUT_S = 30  # one systemctl query inside a wait
+LOGGED_OUTPUT_CHARS = 4000
+T = TypeVar("T")
 
 
 class MachineError(WeftError):
@@ -30,18 +47,26 @@ class Machine:
     def __init__(self, image: Path, workdir: Path, accel: Accel, *, name: str = "machine",
                  disk: Path | None = None, test_console: bool = True):
         self.name = name
+        self.image = image
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.serial_log = workdir / f"{name}-serial.log"
-        self._disk = disk or create_overlay(image, workdir / f"{name}-disk.qcow2")
+        self.actions_log = workdir / f"{name}-actions.log"
+        self.poll_interval = 1.0  # between tries of a wait on the guest
+        self._disk_given = disk is not None
         self.config = VmConfig(
-            disk=self._disk,
-            efi_vars=prepare_efi_vars(workdir / f"{name}-efivars.fd"),
+            disk=disk or workdir / f"{name}-disk.qcow2",
+            efi_vars=workdir / f"{name}-efivars.fd",
             accel=accel,
             qmp_socket=workdir / f"{name}-qmp.sock",
             serial=self.serial_log,
             test_console=workdir / f"{name}-console.sock" if test_console else None,
         )
+        self.log = logging.getLogger(f"weft.vm.{name}")
+        self.log.setLevel(logging.DEBUG)  # the actions log and pytest's capture get everything
+        self._log_handler = logging.FileHandler(self.actions_log, mode="w")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(message)s", "%H:%M:%S"))
+        self.log.addHandler(self._log_handler)
         self._process: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self._console: TestConsole | None = None
@@ -50,31 +75,58 @@ class Machine:
 
     # -- life cycle -------------------------------------------------------------------
 
+    def __enter__(self) -> Machine:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is not None and self.serial_log.exists():
+            self.log.error("leaving after %s: %s\nlast serial output:\n%s", exc_type.__name__ if exc_type else "error",
+                           exc, self.serial_tail())
+        self.close()
+
+    def close(self) -> None:
+        """Kill QEMU if it still runs and finish the actions log; every log file stays."""
+        self.kill()
+        self.log.removeHandler(self._log_handler)
+        self._log_handler.close()
+
     def start(self) -> None:
+        self.log.info("start: %s (%s)", self.image, self.config.accel)
+        if not self._disk_given and not self.config.disk.exists():
+            create_overlay(self.image, self.config.disk)
+        prepare_efi_vars(self.config.efi_vars)
         for stale in (self.config.qmp_socket, self.config.test_console):
             if stale is not None:
                 stale.unlink(missing_ok=True)
         self.serial_log.write_bytes(b"")
+        self._boot_offset = 0
         argv = qemu_argv(self.config)
-        (self.workdir / f"{self.name}-qemu.cmdline").write_text(" ".join(argv) + "\n")
+        (self.workdir / f"{self.name}-qemu.cmdline").write_text(shlex.join(argv) + "\n")
+        self.log.info("+ %s", shlex.join(argv))
         self.started_at = time.monotonic()
         # QEMU is long-running, so it is spawned rather than run(); its stderr is kept.
         with open(self.workdir / f"{self.name}-qemu.stderr", "wb") as stderr:
-            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.DEVNULL, stderr=stderr)
+            self._process = spawn(argv, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            self._qmp = self._connect_qmp(timeout=30)
+            self._qmp = self._connect_qmp(timeout=CONNECT_TIMEOUT_S)
             if self.config.test_console is not None:
-                self._console = TestConsole(self.config.test_console)
-                self._console.connect(timeout=30)
+                console = TestConsole(self.config.test_console)
+                console.connect(timeout=CONNECT_TIMEOUT_S)
+                self._console = console
         except BaseException:
             self.kill()
             raise
+        self.log.info("QEMU running (pid %d), QMP connected", self._process.pid)
 
     def _connect_qmp(self, timeout: float) -> QEMUMonitorProtocol:
         """QEMU creates the socket file before it listens on it, so retry until it answers."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def attempt() -> QEMUMonitorProtocol | None:
             self._check_running()
             qmp = QEMUMonitorProtocol(str(self.config.qmp_socket))
             try:
@@ -82,16 +134,18 @@ class Machine:
                 return qmp
             except (ConnectError, OSError):
                 qmp.close()
-                if time.monotonic() > deadline:
-                    raise MachineError(f"QMP socket {self.config.qmp_socket} did not answer "
-                                       f"within {timeout:g} s") from None
-                time.sleep(0.2)
+                return None
+
+        return self._poll(attempt, what=f"QMP socket {self.config.qmp_socket} to answer", timeout=timeout,
+                          interval=0.2)
 
     def _check_running(self) -> None:
         if self._process is not None and self._process.poll() is not None:
             stderr = (self.workdir / f"{self.name}-qemu.stderr").read_text(errors="replace")
-            raise MachineError(f"QEMU exited with status {self._process.returncode}: {stderr.strip()}"
-                               f"\nlast serial output:\n{self.serial_tail()}")
+            message = (f"QEMU exited with status {self._process.returncode}: {stderr.strip()}"
+                       f"\nlast serial output:\n{self.serial_tail()}")
+            self.log.error("%s", message)
+            raise MachineError(message)
 
     @property
     def running(self) -> bool:
@@ -102,9 +156,11 @@ class Machine:
         if not self.running:
             return
         assert self._process is not None and self._qmp is not None
+        self.log.info("shutdown: ACPI power button")
         try:
             self._qmp.cmd("system_powerdown")
             self._process.wait(timeout=timeout)
+            self.log.info("powered off")
         except subprocess.TimeoutExpired:
             self.kill()
             raise MachineError(f"{self.name} did not power off within {timeout:g} s") from None
@@ -113,6 +169,7 @@ class Machine:
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
+            self.log.info("kill: QEMU (pid %d)", self._process.pid)
             self._process.kill()
             self._process.wait()
         self._close_channels()
@@ -130,18 +187,50 @@ class Machine:
 
     def reboot(self, timeout: float) -> None:
         """Reboot from inside the guest and wait until the test shell answers again."""
+        self.log.info("reboot")
         self._shell().send_line("systemctl reboot")
         self.wait_for_console(r"reboot: Restarting system", timeout)
         self._boot_offset = self.serial_log.stat().st_size
         self.wait_for_shell(timeout)
 
+    # -- waiting ------------------------------------------------------------------------
+
+    def _poll(self, check: Callable[[], T | None], *, what: str, timeout: float, interval: float | None = None,
+              diagnose: Callable[[], str] | None = None) -> T:
+        self.log.info("wait for %s (up to %g s)", what, timeout)
+        started = time.monotonic()
+        result = poll(check, what=what, timeout=timeout, interval=self.poll_interval if interval is None else interval,
+                      diagnose=diagnose or self._serial_diagnostics, logger=self.log)
+        self.log.info("done: %s after %.1f s", what, time.monotonic() - started)
+        return result
+
+    def _serial_diagnostics(self) -> str:
+        return f"last serial output:\n{self.serial_tail()}"
+
+    def _guest_diagnostics(self, unit: str | None = None) -> str:
+        """What systemd is doing (pending jobs, the unit's status) and the last console lines."""
+        parts = []
+        queries = ["systemctl list-jobs --no-pager"]
+        if unit is not None:
+            queries.append(f"systemctl status --no-pager --full --lines=20 -- {shlex.quote(unit)}")
+        for query in queries:
+            try:
+                parts.append(f"$ {query}\n{self._query(query).output.rstrip()}")
+            except WeftError as exc:
+                parts.append(f"$ {query}\n(failed: {exc})")
+        parts.append(self._serial_diagnostics())
+        return "\n".join(parts)
+
     # -- serial console ----------------------------------------------------------------
 
     def serial_text(self) -> str:
         """The serial output of the current boot."""
-        with open(self.serial_log, "rb") as fh:
-            fh.seek(self._boot_offset)
-            return fh.read().decode(errors="replace")
+        try:
+            with open(self.serial_log, "rb") as fh:
+                fh.seek(self._boot_offset)
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def serial_tail(self, lines: int = 25) -> str:
         return "\n".join(self.serial_text().splitlines()[-lines:])
@@ -149,16 +238,16 @@ class Machine:
     def wait_for_console(self, regex: str, timeout: float) -> re.Match[str]:
         """Wait until the serial output of the current boot matches `regex`."""
         pattern = re.compile(regex)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def matched() -> re.Match[str] | None:
             match = pattern.search(self.serial_text())
-            if match:
-                return match
-            self._check_running()
-            if time.monotonic() > deadline:
-                raise MachineError(f"{self.name}: no console output matching {regex!r} within "
-                                   f"{timeout:g} s; last lines:\n{self.serial_tail()}")
-            time.sleep(0.5)
+            if match is None:
+                self._check_running()
+            return match
+
+        match = self._poll(matched, what=f"console output matching {regex!r}", timeout=timeout, interval=0.5)
+        self.log.info("console: %s", match.group(0))
+        return match
 
     # -- test shell --------------------------------------------------------------------
 
@@ -168,12 +257,40 @@ class Machine:
         return self._console
 
     def wait_for_shell(self, timeout: float) -> None:
+        """Wait until the guest shell answers (it starts late in boot, and again after a reboot)."""
+        deadline = time.monotonic() + timeout
+
+        def answers() -> bool | None:
+            self._check_running()
+            try:
+                self._shell().execute("true", timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                return True
+            except ConsoleTimeout:
+                return None
+
+        self._poll(answers, what="the guest test shell to answer", timeout=timeout, interval=0)
+
+    def _query(self, command: str, timeout: float = QUERY_TIMEOUT_S) -> Reply:
+        """A command the harness runs for itself (inside a wait): logged at DEBUG only."""
         self._check_running()
-        self._shell().wait_ready(timeout)
+        reply = self._shell().execute(command, timeout)
+        self.log.debug("$ %s -> exit %d\n%s", command, reply.status, _clip(reply.output))
+        return reply
 
     def execute(self, command: str, timeout: float = 120) -> tuple[int, str]:
+        """Run `command` in the guest; return (exit status, stdout+stderr)."""
         self._check_running()
-        return self._shell().execute(command, timeout)
+        self.log.info("$ %s", command)
+        started = time.monotonic()
+        try:
+            reply = self._shell().execute(command, timeout)
+        except ConsoleError as exc:
+            self.log.error("%s\nlast serial output:\n%s", exc, self.serial_tail())
+            raise
+        self.log.info("exit %d after %.1f s", reply.status, time.monotonic() - started)
+        if reply.output:
+            self.log.debug("%s", _clip(reply.output))
+        return reply.status, reply.output
 
     def succeed(self, command: str, timeout: float = 120) -> str:
         """Run `command`; return its output, or fail with its status and output."""
@@ -189,20 +306,57 @@ class Machine:
             raise MachineError(f"command unexpectedly succeeded: {command}\n{output}")
         return output
 
+    def wait_until_succeeds(self, command: str, timeout: float = 300) -> str:
+        """Repeat `command` until it exits 0; return its output."""
+        last: list[Reply] = []
+
+        def succeeded() -> str | None:
+            reply = self._query(command)
+            last[:] = [reply]
+            return reply.output if reply.status == 0 else None
+
+        def diagnose() -> str:
+            tried = f"last try: exit {last[0].status}\n{_clip(last[0].output)}\n" if last else ""
+            return tried + self._serial_diagnostics()
+
+        return self._poll(succeeded, what=f"`{command}` to succeed", timeout=timeout, diagnose=diagnose)
+
+    def unit_state(self, unit: str) -> dict[str, str]:
+        """ActiveState, SubState and LoadState of `unit` (systemctl show)."""
+        reply = self._query("systemctl show --property=ActiveState,SubState,LoadState -- " + shlex.quote(unit))
+        if reply.status != 0:
+            raise MachineError(f"systemctl show {unit} failed with exit status {reply.status}: {reply.output}")
+        return dict(line.split("=", 1) for line in reply.output.splitlines() if "=" in line)
+
+    def _jobs_pending(self) -> bool:
+        listing = self._query("systemctl list-jobs --no-legend --no-pager").output.strip()
+        return bool(listing) and not listing.startswith("No jobs")
+
     def wait_for_unit(self, unit: str, timeout: float = 300) -> None:
-        """Wait until `unit` is active; fail at once if it failed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            _, state = self.execute(f"systemctl is-active {unit}", timeout=30)
-            state = state.strip()
+        """Wait until `unit` is active. Fail at once when it failed, or when it is inactive
+        and no job is pending (nothing is going to start it)."""
+        def active() -> bool | None:
+            state = self.unit_state(unit).get("ActiveState")
             if state == "active":
-                return
+                return True
             if state == "failed":
-                _, status = self.execute(f"systemctl status --no-pager {unit}", timeout=30)
-                raise MachineError(f"unit {unit} failed:\n{status}")
-            if time.monotonic() > deadline:
-                raise MachineError(f"unit {unit} not active within {timeout:g} s (state: {state})")
-            time.sleep(1)
+                self._unit_gave_up(unit, "failed")
+            if state == "inactive" and not self._jobs_pending():
+                # It may have started between the two queries; only a second "inactive" counts.
+                again = self.unit_state(unit)
+                if again.get("ActiveState") == "active":
+                    return True
+                if again.get("ActiveState") == "inactive":
+                    self._unit_gave_up(unit, f"inactive with no job pending (load state {again.get('LoadState')})")
+            return None
+
+        self._poll(active, what=f"unit {unit} to be active", timeout=timeout,
+                   diagnose=lambda: self._guest_diagnostics(unit))
+
+    def _unit_gave_up(self, unit: str, why: str) -> None:
+        message = f"unit {unit} is {why}\n{self._guest_diagnostics(unit)}"
+        self.log.error("%s", message)
+        raise MachineError(message)
 
     # -- display and input (QMP) ------------------------------------------------------
 
@@ -215,6 +369,7 @@ class Machine:
     def screenshot(self, path: Path) -> Path:
         """Save the guest display as PNG (QMP screendump)."""
         path = path.with_suffix(".png").resolve()
+        self.log.info("screenshot: %s", path)
         self._monitor().cmd("screendump", filename=str(path), format="png")
         if not path.is_file() or path.read_bytes()[:8] != PNG_MAGIC:
             raise MachineError(f"screendump did not write a PNG to {path}")
@@ -222,5 +377,14 @@ class Machine:
 
     def send_key(self, keys: str) -> None:
         """Press a key combination such as "ctrl-alt-delete" (QEMU qcodes joined by '-')."""
+        self.log.info("send key: %s", keys)
         codes = [{"type": "qcode", "data": key} for key in keys.split("-")]
         self._monitor().cmd("send-key", keys=codes)
+
+    def note(self, message: str) -> None:
+        """Write a line of the test's own into the actions log (e.g. which test starts)."""
+        self.log.info("%s", message)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= LOGGED_OUTPUT_CHARS else text[:LOGGED_OUTPUT_CHARS] + f"... ({len(text)} chars)"

@@ -38,9 +38,14 @@ def cpu_model(accel: Accel) -> str:
     return "host" if accel == "kvm" else "max"
 
 
+def option_value(value: str | Path) -> str:
+    """A value inside a QEMU `key=value,...` option: a comma is written as two."""
+    return str(value).replace(",", ",,")
+
+
 def firmware_args(efi_vars: Path) -> list[str]:
-    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={efi_vars}"]
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={option_value(OVMF_CODE)}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={option_value(efi_vars)}"]
 
 
 def qemu_binary() -> str:
@@ -56,7 +61,8 @@ def prepare_efi_vars(dest: Path) -> Path:
 
 
 def create_overlay(image: Path, overlay: Path) -> Path:
-    """A qcow2 overlay on the (unchanged) raw image, with room for the state partition."""
+    """A qcow2 overlay on the (unchanged) raw image, with room for the state partition. Guest
+    writes land in the overlay only: a fresh overlay is a fresh machine (`--snapshot`)."""
     if not image.is_file():
         raise WeftError(f"image {image} does not exist (build it with: weft image build)")
     qemu_img = find_tool("qemu-img", "install qemu-utils (bash ci/setup.sh)")
@@ -66,17 +72,19 @@ def create_overlay(image: Path, overlay: Path) -> Path:
     return overlay
 
 
-def qemu_argv(config: VmConfig) -> list[str]:
+def qemu_argv(config: VmConfig, binary: str | None = None) -> list[str]:
+    """The full command line; `binary` defaults to qemu-system-x86_64 from PATH."""
     argv = [
-        qemu_binary(),
+        binary or qemu_binary(),
         "-accel", config.accel,
         "-machine", "q35",
         "-cpu", cpu_model(config.accel),
         "-m", str(config.memory_mb),
         "-smp", str(config.cpus),
         *firmware_args(config.efi_vars),
-        "-drive", f"if=virtio,format=qcow2,file={config.disk}",
-        "-qmp", f"unix:{config.qmp_socket},server=on,wait=off",
+        "-drive", f"if=virtio,format=qcow2,file={option_value(config.disk)}",
+        "-chardev", f"socket,id=qmp,path={option_value(config.qmp_socket)},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
         "-device", "virtio-rng-pci",
         "-nic", "none",
     ]
@@ -84,7 +92,7 @@ def qemu_argv(config: VmConfig) -> list[str]:
         # mon: multiplexes the QEMU monitor onto the terminal (Ctrl-A x quits).
         argv += ["-serial", "mon:stdio"]
     else:
-        argv += ["-serial", f"file:{config.serial}"]
+        argv += ["-chardev", f"file,id=seriallog,path={option_value(config.serial)}", "-serial", "chardev:seriallog"]
     if config.display == "vnc":
         argv += ["-display", "vnc=127.0.0.1:0"]
     else:
@@ -92,7 +100,7 @@ def qemu_argv(config: VmConfig) -> list[str]:
     if config.test_console is not None:
         argv += [
             "-device", "virtio-serial-pci",
-            "-chardev", f"socket,id=testshell,path={config.test_console},server=on,wait=off",
+            "-chardev", f"socket,id=testshell,path={option_value(config.test_console)},server=on,wait=off",
             "-device", "virtconsole,chardev=testshell",
         ]
     return argv

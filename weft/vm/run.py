@@ -1,15 +1,20 @@
 """`weft vm run`: boot an image interactively, serial console on this terminal when headless."""
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from weft import settings
-from weft.proc import run
+from weft.proc import inherited, run
 from weft.vm.accel import detect_accel
 from weft.vm.qemu import Display, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
+
+log = logging.getLogger("weft.vm")
+# QEMU's own window (--display gtk) needs the desktop session; the serial console, the terminal.
+SESSION_VARIABLES = ("TERM", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY", "XDG_RUNTIME_DIR")
 
 
 def accel_cache_file() -> Path:
@@ -23,7 +28,7 @@ def _persistent_overlay(image: Path) -> Path:
     if overlay.is_file() and overlay.stat().st_mtime >= image.stat().st_mtime:
         return overlay
     if overlay.is_file():
-        print(f"vm: {image.name} was rebuilt; starting with a fresh state partition", file=sys.stderr)
+        log.info("vm: %s was rebuilt; starting with a fresh state partition", image.name)
     return create_overlay(image, overlay)
 
 
@@ -34,14 +39,13 @@ def run_vm(image: Path, *, display: Display, snapshot: bool) -> int:
         disk = create_overlay(image, workdir / "disk.qcow2") if snapshot else _persistent_overlay(image)
         config = VmConfig(disk=disk, efi_vars=prepare_efi_vars(workdir / "efivars.fd"), accel=accel,
                           qmp_socket=workdir / "qmp.sock", serial="stdio", display=display)
-        print(f"vm: booting {image} ({accel.upper()}, {'snapshot' if snapshot else f'state in {disk}'})",
-              file=sys.stderr)
-        print(f"vm: QMP socket {config.qmp_socket}", file=sys.stderr)
+        log.info("vm: booting %s (%s, %s)", image, accel.upper(), "snapshot" if snapshot else f"state in {disk}")
+        log.info("vm: QMP socket %s", config.qmp_socket)
         if display == "vnc":
-            print("vm: display on VNC 127.0.0.1:5900", file=sys.stderr)
-        print("vm: serial console follows; Ctrl-A x quits QEMU", file=sys.stderr)
+            log.info("vm: display on VNC 127.0.0.1:5900")
+        log.info("vm: serial console follows; Ctrl-A x quits QEMU")
         # Interactive: QEMU owns the terminal until the guest powers off or the user quits.
         # On SIGTERM, exit through Python so that run() kills QEMU instead of orphaning it.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        run(qemu_argv(config), capture=False)
+        run(qemu_argv(config), capture=False, env=inherited(*SESSION_VARIABLES))
         return 0
