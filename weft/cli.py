@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
@@ -117,7 +117,8 @@ def build_parser() -> ArgumentParser:
 
 def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    command: Callable[[argparse.Namespace], int] = args.func
+    return command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

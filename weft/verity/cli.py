@@ -1,6 +1,7 @@
 """`weft-verity`: format and verify dm-verity hash areas, with veritysetup's options and output."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import uuid as uuidlib
@@ -65,7 +66,7 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _params_from_args(args, salt: bytes) -> VerityParams:
+def _params_from_args(args: argparse.Namespace, salt: bytes) -> VerityParams:
     return VerityParams(salt=salt, hash_name=args.hash_name, data_block_size=args.data_block_size,
                         hash_block_size=args.hash_block_size, hash_type=args.hash_type,
                         superblock=not args.no_superblock, uuid=args.uuid or uuidlib.uuid4())
@@ -89,7 +90,7 @@ def _print_header(hash_path: str, result: FormatResult) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _format(args) -> int:
+def _format(args: argparse.Namespace) -> int:
     salt = os.urandom(DEFAULT_SALT_BYTES) if args.salt is None else _hex(args.salt, "salt")
     result = format_hash(args.data, args.hash, _params_from_args(args, salt),
                          data_blocks=args.data_blocks, hash_offset=args.hash_offset)
@@ -97,7 +98,7 @@ def _format(args) -> int:
     return 0
 
 
-def _verify(args) -> int:
+def _verify(args: argparse.Namespace) -> int:
     root = _hex(args.root_hash, "root hash")
     if args.no_superblock:
         if args.salt is None:
