@@ -4,8 +4,8 @@
     trailer = b"WEFTWAPP" + u32 LE format version + u32 LE footer JSON length
 
 Everything a verifier needs is read from the tail of the file alone, so the mount helper can
-check the signature before it reads (or maps) anything else. Only pydantic and PyNaCl are
-imported here.
+check the signature before it reads (or maps) anything else. Imports: pydantic, PyNaCl and a
+few weft modules (docs/app-image-format.md lists them).
 """
 from __future__ import annotations
 
