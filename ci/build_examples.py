@@ -21,7 +21,7 @@ from weft.image import guests
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = [REPO / "examples/org.weft.demo.counter", REPO / "examples/org.weft.demo.notes"]
-CACHE = REPO / ".cache/weft-guests"
+CACHE = guests.repo_cache(REPO)
 
 
 def build_component(src: Path) -> Path:

@@ -47,6 +47,14 @@ def _cmd_image_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image_genkey(args: argparse.Namespace) -> int:
+    from weft.image.apps import generate_release_key
+
+    private, public = generate_release_key(_repo_root())
+    print(f"release signing key: {private}\npublic key (what the image trusts): {public}")
+    return 0
+
+
 def _cmd_image_flash(args: argparse.Namespace) -> int:
     from weft.image.flash import flash_image
 
@@ -85,7 +93,7 @@ def build_parser() -> ArgumentParser:
     top = parser.add_subparsers(dest="group", required=True, metavar="{image,vm}")
 
     image = top.add_parser("image", help="build, audit or flash the OS image")
-    image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,audit,flash}")
+    image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,genkey,audit,flash}")
     build = image_cmds.add_parser("build", help="build the disk image with mkosi (incremental)")
     build.add_argument("--profile", default="default", choices=profiles.profiles(_repo_root()),
                        help="`test` adds a root shell on the virtio console for VM tests")
@@ -93,6 +101,9 @@ def build_parser() -> ArgumentParser:
     build.add_argument("--clean", action="store_true",
                        help="drop mkosi's incremental cache and tools tree first")
     build.set_defaults(func=_cmd_image_build)
+    genkey = image_cmds.add_parser("genkey", help="make keys/weft-release.key (+ .pub), the key that signs the "
+                                   "apps the default image ships (build makes it if missing)")
+    genkey.set_defaults(func=_cmd_image_genkey)
     audit = image_cmds.add_parser("audit", help="check every ELF and setuid file in the image root")
     audit.add_argument("image", type=Path, help="disk image (.raw)")
     audit.add_argument("--report", type=Path, help="write the JSON report here instead of stdout")

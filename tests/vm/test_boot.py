@@ -32,12 +32,30 @@ def test_root_is_erofs_on_dm_verity_and_read_only(machine: Machine) -> None:
 
 def test_trusted_publisher_keys_are_on_the_verified_root(machine: Machine) -> None:
     keys = machine.succeed("ls /usr/share/weft/trusted-keys").split()
-    assert "weft-release.pub" in keys and "weft-test.pub" in keys
+    # The test image trusts the key that signed its shipped apps (the committed test key), not
+    # the builder's release key.
+    assert "weft-test.pub" in keys and "weft-release.pub" not in keys
     assert machine.succeed("findmnt --noheadings --output SOURCE --target /usr/share/weft/trusted-keys"
                            ).strip() == "/dev/mapper/root"
     for key in keys:
         text = machine.succeed(f"cat /usr/share/weft/trusted-keys/{key}")
         assert len(bytes.fromhex(text.strip())) == 32
+
+
+def test_shipped_apps_are_signed_images_on_the_verified_root(machine: Machine) -> None:
+    images = machine.succeed("ls /usr/share/weft/images").split()
+    assert images == ["org.weft.demo.counter.wapp", "org.weft.demo.notes.wapp"]
+    assert machine.succeed("findmnt --noheadings --output SOURCE --target /usr/share/weft/images"
+                           ).strip() == "/dev/mapper/root"
+    for image in images:
+        machine.succeed(f"weft-pack verify-image --trusted-keys /usr/share/weft/trusted-keys "
+                        f"/usr/share/weft/images/{image}")
+    # A shipped id cannot be installed over (no shadowing) nor uninstalled.
+    listed = machine.succeed("weft-pack list")
+    assert "org.weft.demo.counter  0.1.0  image (system)" in listed
+    shipped = "/usr/share/weft/images/org.weft.demo.counter.wapp"
+    assert "ships with the OS" in machine.fail(f"weft-pack install {shipped} 2>&1")
+    assert "ships with the OS" in machine.fail("weft-pack uninstall org.weft.demo.counter 2>&1")
 
 
 def test_weft_user_exists_with_home_on_the_state_partition(machine: Machine) -> None:

@@ -1,4 +1,5 @@
-"""`weft image build`: wheels on the host, then mkosi (incremental) builds the disk image."""
+"""`weft image build`: wheels and the signed shipped apps on the host, then mkosi (incremental)
+builds the disk image."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,8 @@ from pydantic import BaseModel, ConfigDict
 from weft import settings
 from weft.errors import WeftError
 from weft.image import profiles
+from weft.image.apps import prepare_apps, shipped_sources, signing_key_for
+from weft.image.guests import repo_cache
 from weft.image.mkosi_tool import find_mkosi
 from weft.image.wheels import build_wheels
 from weft.proc import run
@@ -49,6 +52,10 @@ def build_image(config: BuildConfig) -> Path:
     mkosi = find_mkosi(config.mkosi_cache)
     log.info("image: using mkosi %s", mkosi.version)
     build_wheels(config.repo, config.repo / "build" / "wheels")
+    # The shipped apps, signed now; mkosi.postinst.chroot puts them into /usr/share/weft/images.
+    prepare_apps(shipped_sources(config.repo), signing_key_for(config.repo, config.profile),
+                 config.repo / "build" / "apps", cache=repo_cache(config.repo),
+                 timestamp=int(source_date_epoch(config.repo)))
     config.out_dir.mkdir(parents=True, exist_ok=True)
     cache = config.repo / "mkosi.cache"
     cache.mkdir(exist_ok=True)

@@ -22,6 +22,11 @@ WIT_DIR = Path(__file__).resolve().parent.parent / "daemons/runtime/wit"
 BUILD_TIMEOUT_S = 900
 
 
+def repo_cache(repo: Path) -> Path:
+    """The build cache of a source checkout (git-ignored)."""
+    return repo / ".cache" / "weft-guests"
+
+
 def _tool(name: str) -> str:
     path = Path(sys.executable).parent / name
     if not path.exists():

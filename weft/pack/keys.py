@@ -14,17 +14,17 @@ from nacl.signing import SigningKey, VerifyKey
 
 from weft.errors import WeftError
 
-PRIVATE_KEY_NAME = "weft-sign.key"
-PUBLIC_KEY_NAME = "weft-sign.pub"
+DEFAULT_KEY_STEM = "weft-sign"  # weft-sign.key (private, 0600) + weft-sign.pub
 
 
 class KeyFileError(WeftError):
     """A key file is missing, malformed or unsafe."""
 
 
-def generate_keypair(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+def generate_keypair(out_dir: str | os.PathLike[str], stem: str = DEFAULT_KEY_STEM) -> tuple[Path, Path]:
+    """`<stem>.key` (mode 0600) and `<stem>.pub` in `out_dir`; never overwrites a key."""
     out = Path(out_dir)
-    private, public = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
+    private, public = out / f"{stem}.key", out / f"{stem}.pub"
     for path in (private, public):
         if path.exists():
             raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
