@@ -4,7 +4,8 @@
 `fs:*:xdg-documents` → the user's Documents dir at guest `/xdg/documents` (when it exists).
 `fs:read:*` roots are read-only both as WASI preopens and in the file portal; when both
 `read` and `rw` are granted for a root, `rw` wins. `net:fetch:<host>` entries form the
-fetch allowlist; without one there is no network at all.
+fetch allowlist; without one there is no network at all; only an entry naming the host (not
+`*`) lets it resolve to a loopback, private or link-local address.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class Grants(BaseModel):
     clipboard_write: bool
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, store: StorePaths, documents: Path | None) -> "Grants":
+    def from_manifest(cls, manifest: Manifest, store: StorePaths, documents: Path | None) -> Grants:
         roots: list[Root] = []
         if manifest.grants("fs:rw:app-data") or manifest.grants("fs:read:app-data"):
             data_dir = store.app_data_dir(manifest.app_id)
@@ -63,6 +64,10 @@ class Grants(BaseModel):
 
     def may_fetch(self, host: str) -> bool:
         return "*" in self.fetch_hosts or host.lower() in self.fetch_hosts
+
+    def names_host(self, host: str) -> bool:
+        """The allowlist names `host` itself (not through `*`): only then may it be a non-public address."""
+        return host.lower() in self.fetch_hosts
 
     def root_for(self, guest_path: str) -> tuple[Root, Path] | None:
         for root in self.roots:
