@@ -14,11 +14,11 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.dispatch import Caller, Dispatcher
+from weft.daemons.appd.runtime_dir import RuntimeDir
 from weft.daemons.appd.runtimes import RuntimePool
 from weft.daemons.appd.sd_notify import sd_notify
 from weft.daemons.appd.sessions import Hub, SessionManager
@@ -33,41 +33,43 @@ log = logging.getLogger("weft.appd")
 MAX_RESTORED = 64
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)  # readers never see a half-written file
-
-
-def _take_saved_sessions(config: AppdConfig) -> list[str]:
+def _take_saved_sessions(runtime: RuntimeDir, name: str) -> list[str]:
     """App ids saved at the last graceful shutdown (the file is consumed)."""
-    path = config.last_session_path
-    try:
-        raw = path.read_text()
-        path.unlink()
-        app_ids = json.loads(raw)
-    except FileNotFoundError:
+    raw = runtime.read_private(name)
+    runtime.remove(name)
+    if raw is None:
         return []
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring %s: %s", path, exc)
+    try:
+        app_ids = json.loads(raw)
+    except ValueError as exc:
+        log.warning("ignoring %s: %s", runtime.path / name, exc)
         return []
     if not isinstance(app_ids, list):
         return []
-    return [a for a in app_ids if is_valid_app_id(a)][:MAX_RESTORED]
-
-
-def _save_sessions(config: AppdConfig, manager: SessionManager) -> None:
-    _write_atomically(config.last_session_path, json.dumps([s.app_id for s in manager.live_sessions()]))
+    return [a for a in app_ids if isinstance(a, str) and is_valid_app_id(a)][:MAX_RESTORED]
 
 
 async def serve(config: AppdConfig) -> None:
-    config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    boot_token = load_or_create_boot_token(config.token_path)
+    runtime = RuntimeDir.open(config.runtime_dir)
+    try:
+        await _serve(config, runtime)
+    finally:
+        runtime.close()
+
+
+def _socket_directory(config: AppdConfig, runtime: RuntimeDir) -> RuntimeDir:
+    if config.socket_path.parent == config.runtime_dir:
+        return runtime
+    return RuntimeDir.open(config.socket_path.parent, create=False)  # WEFT_APPD_SOCKET elsewhere: same checks
+
+
+async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
+    boot_token = load_or_create_boot_token(runtime, config.token_path.name)
     hub = Hub()
     pool = RuntimePool(config)
     manager = SessionManager(config, pool, hub)
     dispatcher = Dispatcher(manager, hub, config.store, config.max_sessions)
-    unix = UnixServer(config.socket_path, dispatcher)
+    unix = UnixServer(_socket_directory(config, runtime), config.socket_path.name, dispatcher)
     websocket = WebSocketServer(config.ws_port, boot_token, config.control_origins, manager, hub, dispatcher)
     await unix.start()
     try:
@@ -75,7 +77,7 @@ async def serve(config: AppdConfig) -> None:
     except OSError as exc:
         await unix.close()
         raise WeftError(f"cannot listen on 127.0.0.1:{config.ws_port}: {exc.strerror}") from None
-    _write_atomically(config.wsport_path, str(port))
+    runtime.write_text(config.wsport_path.name, str(port))
     pool.start()
 
     stop = asyncio.Event()
@@ -84,13 +86,13 @@ async def serve(config: AppdConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     sd_notify("READY=1")
     log.info("listening on %s and ws://127.0.0.1:%d", config.socket_path, port)
-    for app_id in _take_saved_sessions(config):
+    for app_id in _take_saved_sessions(runtime, config.last_session_path.name):
         reply = await dispatcher.handle(LaunchApp(app_id=app_id), Caller())
         log.info("restoring a session of %s: %s", app_id, to_wire(reply))
 
     await stop.wait()
     sd_notify("STOPPING=1")
-    _save_sessions(config, manager)
+    runtime.write_text(config.last_session_path.name, json.dumps([s.app_id for s in manager.live_sessions()]))
     await unix.close()
     await websocket.close()
     await manager.stop_all()

@@ -2,33 +2,25 @@
 
 A WebSocket client must present it (or a session token) to connect. The file is reused
 across appd restarts within a boot, so connected shells keep working; a file that is not
-private to this user is replaced.
+private to this user (or a symlink, a FIFO...) is replaced, never followed.
 """
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
-import stat
-from pathlib import Path
+
+from weft.daemons.appd.runtime_dir import RuntimeDir
 
 TOKEN_BYTES = 32
 
 
-def load_or_create_boot_token(path: Path) -> str:
-    try:
-        st = path.lstat()
-        private = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
-        token = path.read_text().strip() if private else ""
-        if len(token) >= TOKEN_BYTES:
-            return token
-        path.unlink()
-    except FileNotFoundError:
-        pass
+def load_or_create_boot_token(directory: RuntimeDir, name: str) -> str:
+    """The token in `directory/name` if it is our private file, else a new one written there."""
+    token = (directory.read_private(name) or "").strip()
+    if len(token) >= TOKEN_BYTES:
+        return token
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
+    directory.write_text(name, token)
     return token
 
 

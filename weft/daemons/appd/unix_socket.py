@@ -7,7 +7,6 @@ stream cannot be resynchronised without reading what the peer claims to send.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -15,6 +14,7 @@ import struct
 from pathlib import Path
 
 from weft.daemons.appd.dispatch import Caller, Dispatcher
+from weft.daemons.appd.runtime_dir import RuntimeDir
 from weft.daemons.protocol import (
     Error,
     FrameTooLarge,
@@ -24,34 +24,46 @@ from weft.daemons.protocol import (
     parse_request,
     read_frame,
 )
+from weft.errors import WeftError
 
 log = logging.getLogger("weft.appd")
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 class UnixServer:
-    def __init__(self, path: Path, dispatcher: Dispatcher):
-        self.path = path
+    def __init__(self, directory: RuntimeDir, name: str, dispatcher: Dispatcher):
+        self.directory = directory  # checked: ours and private (runtime_dir.py)
+        self.name = name
         self.dispatcher = dispatcher
         self.server: asyncio.Server | None = None
         self.clients: set[asyncio.StreamWriter] = set()
 
+    @property
+    def path(self) -> Path:
+        return self.directory.path / self.name
+
     async def start(self) -> None:
-        if self.path.is_socket() or self.path.is_symlink():
-            self.path.unlink()  # stale socket from an appd that did not shut down cleanly
+        if self.directory.is_socket_or_symlink(self.name):
+            self.directory.remove(self.name)  # stale socket from an appd that did not shut down cleanly
+        elif self.directory.exists(self.name):
+            raise WeftError(f"{self.path} exists and is not a socket; remove it")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # created 0600: only this user may connect
         try:
-            self.server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            sock.bind(self.directory.bind_path(self.name))
+        except OSError as exc:
+            sock.close()
+            raise WeftError(f"cannot bind {self.path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
+        self.server = await asyncio.start_unix_server(self._client, sock=sock)
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
         for writer in list(self.clients):
             writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self.directory.remove(self.name)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
