@@ -94,16 +94,17 @@ def test_live_sessions_are_capped(installed, appd_factory):
     appd.launch("org.weft.demo.counter")
 
 
-def test_unknown_sessions_and_installed_apps(installed, appd_factory):
+def test_unknown_sessions_and_installed_apps(installed, built_apps, appd_factory):
     appd = appd_factory()
     assert appd.request(protocol.QueryAppState(session_id=999)) == protocol.AppState(
         session_id=999, state=SessionState.NOT_FOUND)
     assert appd.request(protocol.TerminateApp(session_id=999)) == protocol.Error(
         code=ErrorCode.SESSION_NOT_FOUND, message="session 999 not found")
-    apps = appd.request(protocol.QueryInstalledApps())
-    assert [(a.app_id, a.name, a.version) for a in apps.apps] == [
-        ("org.weft.demo.counter", "Counter", "0.1.0"), ("org.weft.demo.notes", "Notes", "0.1.0"),
-        ("org.weft.test.probe", "Probe", "0.1.0"), ("org.weft.test.silent", "Silent", "0.1.0")]
+    apps = [(a.app_id, a.name, a.version) for a in appd.request(protocol.QueryInstalledApps()).apps]
+    assert [app_id for app_id, _, _ in apps] == sorted(built_apps)  # every installed app, sorted by id
+    for expected in (("org.weft.demo.counter", "Counter", "0.1.0"), ("org.weft.demo.notes", "Notes", "0.1.0"),
+                     ("org.weft.test.probe", "Probe", "0.1.0"), ("org.weft.test.silent", "Silent", "0.1.0")):
+        assert expected in apps
 
 
 def test_launch_refuses_invalid_and_missing_apps(installed, appd_factory):
