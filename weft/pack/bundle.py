@@ -12,6 +12,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import zstandard
@@ -19,7 +20,7 @@ import zstandard
 from weft.errors import WeftError
 from weft.manifest import is_valid_app_id
 from weft.pack.check import check_package
-from weft.pack.tree import PackageTreeError, require_clean_name, walk_package
+from weft.pack.tree import PackageFile, PackageTreeError, require_clean_name, walk_package
 
 BUNDLE_SUFFIX = ".app.tar.zst"
 MAX_MEMBERS = 100_000
@@ -44,9 +45,9 @@ def bundle_package(package_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".bundle-", dir=out_dir)
     try:
-        with os.fdopen(fd, "wb") as raw, zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(raw) as zst:
-            with tarfile.open(fileobj=zst, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                _add_tree(tar, manifest.app_id, walk_package(package_dir))
+        with os.fdopen(fd, "wb") as raw, zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(raw) as zst, \
+                tarfile.open(fileobj=zst, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _add_tree(tar, manifest.app_id, walk_package(package_dir))
         os.chmod(tmp, 0o644)
         os.rename(tmp, out)
     except BaseException:
@@ -55,15 +56,19 @@ def bundle_package(package_dir: str | os.PathLike[str], out_dir: str | os.PathLi
     return out
 
 
-def _add_tree(tar: tarfile.TarFile, top: str, files) -> None:
-    directories = sorted({top} | {f"{top}/{parent}" for f in files
-                                  for parent in map(str, PurePosixPath(f.rel).parents) if parent != "."})
-    for name in directories:
-        tar.addfile(_member(name, tarfile.DIRTYPE, 0o755, 0))
+def _add_tree(tar: tarfile.TarFile, top: str, files: Iterable[PackageFile]) -> None:
+    """Files in the walk's (sorted) order, each directory just before the first file inside it.
+    File data comes from the descriptor the walk checked, never from the path again."""
+    added = {top}
+    tar.addfile(_member(top, tarfile.DIRTYPE, 0o755, 0))
     for f in files:
-        with open(f.path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            tar.addfile(_member(f"{top}/{f.rel}", tarfile.REGTYPE, 0o755 if f.executable else 0o644, size), fh)
+        for parent in reversed(PurePosixPath(f.rel).parents[:-1]):
+            name = f"{top}/{parent}"
+            if name not in added:
+                added.add(name)
+                tar.addfile(_member(name, tarfile.DIRTYPE, 0o755, 0))
+        tar.addfile(_member(f"{top}/{f.rel}", tarfile.REGTYPE, 0o755 if f.executable else 0o644, f.size),
+                    f.reader())
 
 
 def _member(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:

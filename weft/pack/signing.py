@@ -18,16 +18,9 @@ from weft.errors import WeftError
 from weft.manifest import SIGNATURE_NAME
 from weft.pack.tree import require_clean_name, walk_package
 
-READ_BYTES = 1 << 20
-
 
 class SignatureError(WeftError):
     """The package is unsigned, or its signature does not verify."""
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def listing_digest(entries: Iterable[tuple[str, str]]) -> bytes:
@@ -41,8 +34,8 @@ def listing_digest(entries: Iterable[tuple[str, str]]) -> bytes:
 
 
 def bundle_digest(package_dir: str | os.PathLike[str]) -> bytes:
-    return listing_digest((f.rel, _file_sha256(f.path)) for f in walk_package(package_dir)
-                          if f.rel != SIGNATURE_NAME)
+    # Each file is hashed from the descriptor the walk opened and checked, while it stands on it.
+    return listing_digest((f.rel, f.read_into()) for f in walk_package(package_dir) if f.rel != SIGNATURE_NAME)
 
 
 def sign_package(package_dir: str | os.PathLike[str], key: SigningKey) -> Path:
