@@ -12,7 +12,7 @@ import pytest
 from package_support import write_package
 
 # The app-platform fixtures (built example apps, compile cache, appd processes).
-pytest_plugins = ["platform_support"]
+pytest_plugins = ["platform_support", "mountd_support"]
 
 
 @pytest.fixture

@@ -1,0 +1,98 @@
+"""A small blocking client of weft-mountd, for appd (and tests).
+
+Keep one client open for as long as the mounts are needed: references are counted per
+connection, and closing it releases every mount it took. A MOUNT_ERROR reply is raised as
+MountdError with its stable `reason`.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Self, TypeVar
+
+from weft import settings
+from weft.daemons.mountd.errors import MountdError
+from weft.daemons.protocol import (
+    LENGTH,
+    MAX_FRAME_BYTES,
+    AppMounted,
+    AppStatus,
+    AppUnmounted,
+    CheckApp,
+    ListMounts,
+    Message,
+    MountApp,
+    MountEntry,
+    MountError,
+    MountReason,
+    Mounts,
+    ProtocolError,
+    UnmountApp,
+    decode_body,
+    encode_frame,
+    parse_mountd_reply,
+)
+from weft.errors import WeftError
+
+R = TypeVar("R", bound=Message)
+
+
+class MountdClient:
+    def __init__(self, path: Path = settings.MOUNTD_SOCKET.default, timeout: float = 30.0) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except OSError as exc:
+            self.sock.close()
+            raise WeftError(f"cannot connect to weft-mountd at {path}: {exc.strerror or exc}") from None
+
+    def mount(self, app_id: str) -> AppMounted:
+        """Mount (or reuse the mount of) the app's verified image; takes one reference."""
+        return self._call(MountApp(app_id=app_id), AppMounted)
+
+    def unmount(self, app_id: str) -> int:
+        """Drop one reference; returns the references left (0: it was unmounted)."""
+        return self._call(UnmountApp(app_id=app_id), AppUnmounted).remaining
+
+    def list_mounts(self) -> list[MountEntry]:
+        return self._call(ListMounts(), Mounts).mounts
+
+    def is_corrupted(self, app_id: str) -> bool:
+        """Has dm-verity seen a block of this app's mounted image that does not match?"""
+        return self._call(CheckApp(app_id=app_id), AppStatus).corrupted
+
+    def _call(self, request: MountApp | UnmountApp | ListMounts | CheckApp, expected: type[R]) -> R:
+        try:
+            self.sock.sendall(encode_frame(request))
+            (length,) = LENGTH.unpack(self._recv(LENGTH.size))
+            if length > MAX_FRAME_BYTES:
+                raise ProtocolError(f"reply of {length} bytes exceeds {MAX_FRAME_BYTES}")
+            reply = parse_mountd_reply(decode_body(self._recv(length)))
+        except (OSError, ProtocolError) as exc:
+            raise MountdError(MountReason.MOUNT_FAILED, f"weft-mountd at {self.path}: {exc}") from None
+        if isinstance(reply, MountError):
+            raise MountdError(reply.reason, reply.message)
+        if not isinstance(reply, expected):
+            raise MountdError(MountReason.MOUNT_FAILED, f"weft-mountd answered {reply.type} to {request.type}")
+        return reply
+
+    def _recv(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ProtocolError("the connection was closed without an answer "
+                                    "(weft-mountd serves only the appd user)")
+            data += chunk
+        return bytes(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
