@@ -35,6 +35,7 @@ from weft.daemons.protocol import (
 from weft.errors import WeftError
 
 R = TypeVar("R", bound=Message)
+CLOSED = "the connection was closed without an answer (weft-mountd serves only the appd user)"
 
 
 class MountdClient:
@@ -70,6 +71,8 @@ class MountdClient:
             if length > MAX_FRAME_BYTES:
                 raise ProtocolError(f"reply of {length} bytes exceeds {MAX_FRAME_BYTES}")
             reply = parse_mountd_reply(decode_body(self._recv(length)))
+        except (BrokenPipeError, ConnectionResetError):
+            raise MountdError(MountReason.MOUNT_FAILED, f"weft-mountd at {self.path}: {CLOSED}") from None
         except (OSError, ProtocolError) as exc:
             raise MountdError(MountReason.MOUNT_FAILED, f"weft-mountd at {self.path}: {exc}") from None
         if isinstance(reply, MountError):
@@ -83,8 +86,7 @@ class MountdClient:
         while len(data) < size:
             chunk = self.sock.recv(size - len(data))
             if not chunk:
-                raise ProtocolError("the connection was closed without an answer "
-                                    "(weft-mountd serves only the appd user)")
+                raise ProtocolError(CLOSED)
             data += chunk
         return bytes(data)
 
