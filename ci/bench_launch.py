@@ -119,7 +119,7 @@ def main() -> int:
         build_package(EXAMPLES[0], root / "store")
         env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir), "WEFT_APP_STORE": str(root / "store"),
                "WEFT_APP_DATA": str(root / "data"), "WEFT_CACHE_DIR": str(root / "cache"),
-               "WEFT_APPD_WS_PORT": "0", "WEFT_DISABLE_CGROUP": "1"}
+               "WEFT_APPD_WS_PORT": "0", "WEFT_APP_CGROUPS": "off"}
         appd = subprocess.Popen([sys.executable, "-m", "weft.daemons.appd"], env=env, stderr=subprocess.DEVNULL)
         try:
             wsport = runtime_dir / "weft/appd.wsport"

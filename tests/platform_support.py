@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from weft.daemons import protocol
+from weft.daemons.appd.config import AppdConfig
 from weft.daemons.relay import FromRuntime, Ipc, Launch, Ready, decode_line, encode_line
 from weft.pack.install import install_package
 from weft.store import StorePaths
@@ -97,7 +98,7 @@ class Env:
             "WEFT_CACHE_DIR": str(root / "cache"),
             "HOME": str(self.home),
             "WEFT_APPD_WS_PORT": "0",
-            "WEFT_DISABLE_CGROUP": "1",
+            "WEFT_APP_CGROUPS": "off",
         }
         # every test shares the compiled artifacts: point this env's cache at them
         (root / "cache").mkdir(mode=0o700)
@@ -143,9 +144,10 @@ class Appd:
 
     def __init__(self, env: Env, extra_env: dict[str, str] | None = None):
         self.env = env
-        self.socket = env.runtime_dir / "weft/appd.sock"
+        config = AppdConfig.from_env({**env.vars, **(extra_env or {})})
+        self.socket = config.socket_path
         self.log = env.root / "appd.log"
-        wsport = env.runtime_dir / "weft/appd.wsport"
+        wsport = config.wsport_path
         wsport.unlink(missing_ok=True)  # a previous appd's; the new one writes it once both sockets are bound
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "weft.daemons.appd"], env={**env.vars, **(extra_env or {})},
@@ -153,7 +155,7 @@ class Appd:
         wait_for(lambda: wsport.exists() or self.process.poll() is not None, what="appd sockets")
         assert self.process.poll() is None, self.log.read_text()
         self.ws_port = int(wsport.read_text())
-        self.token = (env.runtime_dir / "weft/appd.token").read_text()
+        self.token = config.token_path.read_text()
 
     def client(self) -> protocol.Client:
         return protocol.Client(str(self.socket), timeout=30)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
+from weft import settings
 from weft.errors import WeftError
 
 
@@ -32,7 +32,7 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def debug_requested(args: Sequence[str]) -> bool:
-    return "--debug" in args or os.environ.get("WEFT_DEBUG") == "1"
+    return "--debug" in args or settings.DEBUG.read()
 
 
 class PlainFormatter(logging.Formatter):

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from pydantic import ValidationError
 
+from weft import settings
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.protocol import (
     MAX_RECV_TIMEOUT_MS,
@@ -48,11 +47,10 @@ MAX_RECV_TIMEOUT_S = MAX_RECV_TIMEOUT_MS // 1000
 def _socket_path(explicit: str | None) -> str:
     if explicit:
         return explicit
-    if os.environ.get("WEFT_APPD_SOCKET"):
-        return os.environ["WEFT_APPD_SOCKET"]
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        raise UsageError("XDG_RUNTIME_DIR is not set; pass --socket")
-    return str(Path(os.environ["XDG_RUNTIME_DIR"]) / "weft/appd.sock")
+    try:
+        return str(settings.appd_socket())
+    except settings.SettingError as exc:
+        raise UsageError(f"{exc}; pass --socket") from None
 
 
 def _checked(reply: Message) -> Message:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from weft.daemons.protocol import MAX_PAYLOAD_BYTES, Payload, SessionId
 from weft.errors import WeftError
 from weft.manifest import AppId
+from weft.settings import MemoryMib
 
 # A payload's JSON form is at most 6 bytes per character (\uXXXX) plus the envelope.
 MAX_LINE_BYTES = 6 * MAX_PAYLOAD_BYTES + 4096
@@ -29,7 +30,7 @@ class Launch(_Line):
     t: Literal["launch"] = "launch"
     app_id: AppId
     session_id: SessionId
-    memory_mib: Annotated[int, Field(ge=16, le=65536)]
+    memory_mib: MemoryMib
 
 
 class Ipc(_Line):

@@ -1,10 +1,11 @@
 """weft-appd: the session daemon. Launches apps, supervises their runtimes, relays IPC.
 
 Listens on $XDG_RUNTIME_DIR/weft/appd.sock (msgpack) and ws://127.0.0.1:$WEFT_APPD_WS_PORT
-(JSON, token in $XDG_RUNTIME_DIR/weft/appd.token). Environment: WEFT_APPD_SOCKET,
-WEFT_APPD_WS_PORT (0 = any free port, written to appd.wsport), WEFT_APPD_ORIGINS,
-WEFT_RUNTIME_BIN, WEFT_RUNTIME_POOL, WEFT_READY_TIMEOUT_S, WEFT_APP_MEMORY_MIB,
-WEFT_MAX_SESSIONS, WEFT_DISABLE_CGROUP, WEFT_APP_STORE.
+(JSON, token in $XDG_RUNTIME_DIR/weft/appd.token). Environment (weft/settings.py):
+WEFT_APPD_SOCKET, WEFT_APPD_WS_PORT (0 = any free port, written to appd.wsport),
+WEFT_APPD_ORIGINS, WEFT_RUNTIME_BIN, WEFT_RUNTIME_POOL, WEFT_READY_TIMEOUT_S,
+WEFT_MAX_SESSIONS, WEFT_APP_MEMORY_MIB, WEFT_APP_CGROUPS (required|off),
+WEFT_APP_CGROUP_MEMORY_MIB, WEFT_APP_CPU_PERCENT, WEFT_APP_PIDS_MAX, WEFT_APP_STORE.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.daemons.appd.cgroups import AppCgroups
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.appd.runtime_dir import RuntimeDir
@@ -66,7 +68,8 @@ def _socket_directory(config: AppdConfig, runtime: RuntimeDir) -> RuntimeDir:
 async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
     boot_token = load_or_create_boot_token(runtime, config.token_path.name)
     hub = Hub()
-    pool = RuntimePool(config)
+    # Before any socket is bound: with WEFT_APP_CGROUPS=required, no delegation means no start.
+    pool = RuntimePool(config, AppCgroups.delegated(config.app_limits) if config.cgroups == "required" else None)
     manager = SessionManager(config, pool, hub)
     dispatcher = Dispatcher(manager, hub, config.store, config.max_sessions)
     unix = UnixServer(_socket_directory(config, runtime), config.socket_path.name, dispatcher)

@@ -1,36 +1,63 @@
-"""appd's configuration: read from the environment once, at start-up, and passed down."""
+"""appd's configuration: read from the environment once, at start-up, and passed down.
+
+Every value comes from `weft.settings` (one definition each: variable, bounds, default).
+"""
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from weft.errors import WeftError
+from weft import settings
+from weft.settings import (
+    CgroupMemoryMib,
+    CgroupMode,
+    CpuPercent,
+    MemoryMib,
+    PidsMax,
+    PoolSize,
+    Seconds,
+    SessionCap,
+    TcpPort,
+)
 from weft.store import StorePaths
 
-DEFAULT_WS_PORT = 7410
-SCOPE_PROPERTIES = ("CPUQuota=200%", "MemoryMax=512M")
+
+class AppLimits(BaseModel):
+    """What each app's cgroup gets (memory.max, cpu.max, pids.max)."""
+
+    model_config = ConfigDict(frozen=True)
+    memory_mib: CgroupMemoryMib
+    cpu_percent: CpuPercent
+    pids_max: PidsMax
 
 
 class AppdConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
     runtime_dir: Path  # $XDG_RUNTIME_DIR/weft: sockets, token, wsport, last-session.json
     socket_path: Path
-    ws_port: int = Field(DEFAULT_WS_PORT, ge=0, lt=65536)
+    ws_port: TcpPort
     control_origins: frozenset[str]  # browser origins allowed to use the boot token
     runtime_command: tuple[str, ...]
-    scope_command: tuple[str, ...]  # `systemd-run --user --scope ...` prefix, or () without a user manager
-    pool_size: int = Field(2, ge=0, le=16)
-    ready_timeout_s: float = Field(30.0, gt=0)
-    stop_grace_s: float = Field(3.0, gt=0)
-    memory_mib: int = Field(256, ge=16)
-    max_sessions: int = Field(64, ge=1)  # live sessions; each is a process with its own memory
+    pool_size: PoolSize
+    ready_timeout_s: Seconds
+    stop_grace_s: Seconds = 3.0
+    memory_mib: MemoryMib  # the guest's cap, enforced by the runtime
+    max_sessions: SessionCap  # live sessions; each is a process with its own memory
+    cgroups: CgroupMode
+    app_limits: AppLimits
     store: StorePaths
+
+    @model_validator(mode="after")
+    def _cgroup_leaves_room_for_the_runtime(self) -> "AppdConfig":
+        if self.cgroups == "required" and self.app_limits.memory_mib <= self.memory_mib:
+            raise ValueError(
+                f"{settings.APP_CGROUP_MEMORY_MIB.env}={self.app_limits.memory_mib} must be larger than "
+                f"{settings.APP_MEMORY_MIB.env}={self.memory_mib}: the runtime process needs memory beyond "
+                "its guest's, or the OOM killer ends the app before the guest's own cap does")
+        return self
 
     @property
     def token_path(self) -> Path:
@@ -45,54 +72,24 @@ class AppdConfig(BaseModel):
         return self.runtime_dir / "last-session.json"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "AppdConfig":
-        if not env.get("XDG_RUNTIME_DIR"):
-            raise WeftError("XDG_RUNTIME_DIR is not set; weft-appd keeps its sockets there")
-        xdg_runtime = Path(env["XDG_RUNTIME_DIR"])
-        runtime_dir = xdg_runtime / "weft"
-        runtime_bin = env.get("WEFT_RUNTIME_BIN")
-        values = dict(
-            runtime_dir=runtime_dir,
-            socket_path=Path(env.get("WEFT_APPD_SOCKET") or runtime_dir / "appd.sock"),
-            ws_port=_int(env, "WEFT_APPD_WS_PORT", DEFAULT_WS_PORT),
-            control_origins=frozenset(env.get("WEFT_APPD_ORIGINS", "weft-system://shell").split()),
-            runtime_command=tuple(shlex.split(runtime_bin)) if runtime_bin else
-            (sys.executable, "-m", "weft.daemons.runtime"),
-            scope_command=_scope_command(env, xdg_runtime),
-            pool_size=_int(env, "WEFT_RUNTIME_POOL", 2),
-            ready_timeout_s=_number(env, "WEFT_READY_TIMEOUT_S", 30.0),
-            memory_mib=_int(env, "WEFT_APP_MEMORY_MIB", 256),
-            max_sessions=_int(env, "WEFT_MAX_SESSIONS", 64),
-            store=StorePaths.from_env(env),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "AppdConfig":
+        """Raises SettingError (`error: NAME='value': why`) for any bad setting."""
         try:
-            return cls(**values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise WeftError(f"invalid appd setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    try:
-        return int(env.get(name, default))
-    except ValueError:
-        raise WeftError(f"{name} must be an integer, not {env[name]!r}") from None
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        return float(env.get(name, default))
-    except ValueError:
-        raise WeftError(f"{name} must be a number, not {env[name]!r}") from None
-
-
-def _scope_command(env: Mapping[str, str], xdg_runtime: Path) -> tuple[str, ...]:
-    """Put runtimes in a transient user scope when a systemd user manager is running.
-
-    `--scope` runs the command in the foreground of systemd-run, so there is no `--wait`
-    (the reference passed both, which systemd-run rejects)."""
-    systemd_run = shutil.which("systemd-run")
-    if "WEFT_DISABLE_CGROUP" in env or systemd_run is None or not (xdg_runtime / "systemd/private").exists():
-        return ()
-    properties = [arg for prop in SCOPE_PROPERTIES for arg in ("-p", prop)]
-    return (systemd_run, "--user", "--scope", "--quiet", "--collect", "--slice=weft-apps.slice", *properties, "--")
+            return cls(
+                runtime_dir=settings.appd_runtime_dir(env),
+                socket_path=settings.appd_socket(env),
+                ws_port=settings.APPD_WS_PORT.read(env),
+                control_origins=settings.APPD_ORIGINS.read(env),
+                runtime_command=settings.RUNTIME_BIN.read(env) or (sys.executable, "-m", "weft.daemons.runtime"),
+                pool_size=settings.RUNTIME_POOL.read(env),
+                ready_timeout_s=settings.READY_TIMEOUT_S.read(env),
+                memory_mib=settings.APP_MEMORY_MIB.read(env),
+                max_sessions=settings.MAX_SESSIONS.read(env),
+                cgroups=settings.APP_CGROUPS.read(env),
+                app_limits=AppLimits(memory_mib=settings.APP_CGROUP_MEMORY_MIB.read(env),
+                                     cpu_percent=settings.APP_CPU_PERCENT.read(env),
+                                     pids_max=settings.APP_PIDS_MAX.read(env)),
+                store=StorePaths.from_env(env),
+            )
+        except ValidationError as exc:  # a rule across settings (each one alone was valid)
+            raise settings.SettingError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None

@@ -5,6 +5,10 @@ whole launch budget. appd therefore keeps `pool_size` runtimes started with `--s
 they have paid that cost and wait on their relay socket. A launch takes one and hands it
 the session over the relay; a replacement is started in the background. Every session still
 runs in a process of its own.
+
+With WEFT_APP_CGROUPS=required each runtime is moved into the `standby` cgroup right after
+its spawn and into a cgroup of its own, with the app limits, when a session takes it
+(cgroups.py); that cgroup is removed when the runtime has exited.
 """
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ import logging
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
+from weft.daemons.appd.cgroups import AppCgroups, CgroupError
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.relay import MAX_LINE_BYTES, FromRuntime, Ipc, Launch, Ready, decode_line, encode_line
 
@@ -25,11 +31,13 @@ class RuntimeProcess:
     """One runtime process and appd's end of its relay socket."""
 
     def __init__(self, process: asyncio.subprocess.Process, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter):
+                 writer: asyncio.StreamWriter, cgroups: AppCgroups | None = None):
         self.process = process
         self.reader = reader
         self.writer = writer
         self.pending: list[bytes] = []
+        self.cgroups = cgroups
+        self.cgroup: Path | None = None  # its session's cgroup, once a session took it
 
     @property
     def pid(self) -> int:
@@ -76,13 +84,21 @@ class RuntimeProcess:
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await self.writer.wait_closed()
+        if self.cgroups is not None and self.cgroup is not None:
+            await self.cgroups.release(self.cgroup)
+            self.cgroup = None
         return code
 
+    def enter_session(self, session_id: int) -> None:
+        """Into the session's own cgroup (with the app limits) before it is told to launch."""
+        if self.cgroups is not None:
+            self.cgroup = self.cgroups.enter_session(self.pid, session_id)
 
-async def spawn_runtime(config: AppdConfig) -> RuntimeProcess:
+
+async def spawn_runtime(config: AppdConfig, cgroups: AppCgroups | None = None) -> RuntimeProcess:
     ours, theirs = socket.socketpair()
     try:
-        argv = [*config.scope_command, *config.runtime_command, "--standby", "--relay-fd", str(theirs.fileno())]
+        argv = [*config.runtime_command, "--standby", "--relay-fd", str(theirs.fileno())]
         process = await asyncio.create_subprocess_exec(*argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
     except OSError:
         ours.close()
@@ -90,18 +106,21 @@ async def spawn_runtime(config: AppdConfig) -> RuntimeProcess:
     finally:
         theirs.close()
     try:
+        if cgroups is not None:
+            cgroups.adopt_standby(process.pid)
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE_BYTES + 1)
     except BaseException:  # cancelled (a terminate or shutdown) mid-spawn: leave nothing behind
         ours.close()
         process.kill()
         await asyncio.shield(process.wait())
         raise
-    return RuntimeProcess(process, reader, writer)
+    return RuntimeProcess(process, reader, writer, cgroups)
 
 
 class RuntimePool:
-    def __init__(self, config: AppdConfig):
+    def __init__(self, config: AppdConfig, cgroups: AppCgroups | None = None):
         self.config = config
+        self.cgroups = cgroups
         self.idle: list[RuntimeProcess] = []
         self.refill_task: asyncio.Task[None] | None = None
         self.closed = False
@@ -116,21 +135,28 @@ class RuntimePool:
     async def _refill(self) -> None:
         while not self.closed and len(self.idle) < self.config.pool_size:
             try:
-                self.idle.append(await spawn_runtime(self.config))
-            except OSError as exc:
+                self.idle.append(await spawn_runtime(self.config, self.cgroups))
+            except (OSError, CgroupError) as exc:
                 log.error("cannot start a standby runtime: %s", exc)
                 return
 
-    async def take(self) -> RuntimeProcess:
-        """A standby runtime (or a fresh one when none is idle)."""
-        while self.idle:
-            runtime = self.idle.pop(0)
-            if runtime.alive:
-                self._schedule_refill()
-                return runtime
-            await runtime.stop(0.1)
-        runtime = await spawn_runtime(self.config)
+    async def take(self, session_id: int) -> RuntimeProcess:
+        """A standby runtime (or a fresh one when none is idle), in session_id's cgroup."""
+        runtime = None
+        while self.idle and runtime is None:
+            candidate = self.idle.pop(0)
+            if candidate.alive:
+                runtime = candidate
+            else:
+                await candidate.stop(0.1)
+        if runtime is None:
+            runtime = await spawn_runtime(self.config, self.cgroups)
         self._schedule_refill()
+        try:
+            runtime.enter_session(session_id)
+        except CgroupError:
+            await runtime.stop(0.1)
+            raise
         return runtime
 
     async def close(self) -> None:

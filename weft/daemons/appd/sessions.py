@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 
+from weft.daemons.appd.cgroups import CgroupError
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
 from weft.daemons.appd.tokens import new_session_token, same_token
@@ -127,7 +128,7 @@ class SessionManager:
 
     async def _supervise(self, session: Session) -> None:
         try:
-            session.runtime = await self.pool.take()
+            session.runtime = await self.pool.take(session.id)  # in its cgroup before the launch message
             session.runtime.send(Launch(app_id=session.app_id, session_id=session.id,
                                         memory_mib=self.config.memory_mib))
             log.info("session %d: %s in runtime %d", session.id, session.app_id, session.runtime.pid)
@@ -137,6 +138,8 @@ class SessionManager:
             log.error("session %d: no READY within %.0f s", session.id, self.config.ready_timeout_s)
         except (RelayError, ValueError, ConnectionError, OSError) as exc:
             log.error("session %d: relay failed: %s", session.id, exc)
+        except CgroupError as exc:
+            log.error("session %d: %s", session.id, exc)
         except asyncio.CancelledError:
             pass  # terminate or shutdown: fall through to the teardown
         finally:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from weft import settings
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.runtime.channels import Relay
 from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
@@ -58,7 +59,7 @@ def _parse(argv: Sequence[str]):  # type: ignore[no-untyped-def]
     parser.add_argument("--relay-fd", type=int, help="inherited socket to weft-appd")
     parser.add_argument("--standby", action="store_true", help="wait for a launch message on the relay")
     parser.add_argument("--compile-only", action="store_true", help="compile APP_ID into the cache and exit")
-    parser.add_argument("--memory-mib", type=int, default=256, help="cap on each guest linear memory")
+    parser.add_argument("--memory-mib", help=f"the guest's memory cap (default {settings.APP_MEMORY_MIB.default})")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.standby and (args.relay_fd is None or args.app_id is not None):
@@ -67,8 +68,11 @@ def _parse(argv: Sequence[str]):  # type: ignore[no-untyped-def]
         raise UsageError("--compile-only takes exactly APP_ID")
     if not (args.standby or args.compile_only) and (args.app_id is None or args.session_id is None):
         raise UsageError("APP_ID and SESSION_ID are required (or --standby / --compile-only)")
-    if not 16 <= args.memory_mib <= 65536:
-        raise UsageError(f"--memory-mib must be between 16 and 65536, not {args.memory_mib}")
+    try:  # the same bounds as WEFT_APP_MEMORY_MIB and the relay's launch message
+        args.memory_mib = (settings.APP_MEMORY_MIB.default if args.memory_mib is None
+                           else settings.APP_MEMORY_MIB.parse(args.memory_mib, "--memory-mib"))
+    except settings.SettingError as exc:
+        raise UsageError(str(exc)) from None
     if args.session_id is not None and args.session_id < 1:
         raise UsageError(f"invalid session id: {args.session_id}")
     if args.app_id is not None and not is_valid_app_id(args.app_id):
@@ -77,8 +81,8 @@ def _parse(argv: Sequence[str]):  # type: ignore[no-untyped-def]
 
 
 def _documents_dir() -> Path | None:
-    home = os.environ.get("HOME")
-    return Path(home) / "Documents" if home else None
+    home = settings.HOME.read()
+    return home / "Documents" if home else None
 
 
 def main_entry(argv: Sequence[str]) -> int:
