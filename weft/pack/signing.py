@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from nacl.signing import SigningKey, VerifyKey
 
 from weft.errors import WeftError
 from weft.manifest import SIGNATURE_NAME
-from weft.pack.tree import require_clean_name, walk_package
+from weft.pack.tree import PackageEntryMissing, read_inside, require_clean_name, walk_package
+
+MAX_SIGNATURE_FILE_BYTES = 4096  # 128 hex chars; whitespace around them is tolerated
 
 
 class SignatureError(WeftError):
@@ -41,23 +44,30 @@ def bundle_digest(package_dir: str | os.PathLike[str]) -> bytes:
 def sign_package(package_dir: str | os.PathLike[str], key: SigningKey) -> Path:
     signature = key.sign(bundle_digest(package_dir)).signature
     path = Path(package_dir) / SIGNATURE_NAME
-    temporary = path.with_name(f".{SIGNATURE_NAME}.tmp")
-    temporary.write_text(signature.hex(), encoding="ascii")
-    os.replace(temporary, path)  # replaces a symlink named signature.sig instead of writing through it
+    # A fresh temporary file (O_EXCL), then a rename: neither writes through a planted symlink.
+    fd, temporary = tempfile.mkstemp(prefix=f".{SIGNATURE_NAME}.", dir=package_dir)
+    try:
+        with open(fd, "w", encoding="ascii") as out:
+            out.write(signature.hex())
+            os.fchmod(fd, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
     return path
 
 
 def read_signature(package_dir: str | os.PathLike[str]) -> bytes:
-    path = Path(package_dir) / SIGNATURE_NAME
+    """The signature bytes, read like any package file (never through a symlink leading out)."""
     try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except FileNotFoundError:
+        data = read_inside(package_dir, SIGNATURE_NAME, MAX_SIGNATURE_FILE_BYTES + 1)
+    except PackageEntryMissing:
         raise SignatureError(f"package is not signed ({SIGNATURE_NAME} missing)") from None
-    except OSError as exc:
-        raise SignatureError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        raw = bytes.fromhex(text)
-    except ValueError:
+        if len(data) > MAX_SIGNATURE_FILE_BYTES:
+            raise ValueError
+        raw = bytes.fromhex(data.decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError is one
         raise SignatureError("decode signature: expected 128 hex chars") from None
     if len(raw) != 64:
         raise SignatureError("signature must be 64 bytes")

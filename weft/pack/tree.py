@@ -228,7 +228,7 @@ class _Tree:
         except OSError as exc:
             raise PackageTreeError(f"cannot list '{prefix.rstrip('/') or '.'}': {exc.strerror}") from None
         entries = []
-        for name in names:
+        for name in sorted(names):  # so that the first problem reported is always the same one
             rel = require_clean_name(prefix + os.fsencode(name).decode("utf-8", "surrogateescape"))
             self.entries += 1
             if self.entries > MAX_ENTRIES:
@@ -242,7 +242,7 @@ class _Tree:
             if stat.S_ISREG(info.st_mode):
                 self.total_bytes += info.st_size
                 if self.total_bytes > MAX_TOTAL_BYTES:
-                    raise PackageTreeError(f"the package holds more than {MAX_TOTAL_BYTES >> 30} GiB")
+                    raise PackageTreeError(f"the package holds more than {MAX_TOTAL_BYTES >> 20} MiB")
             elif not stat.S_ISDIR(info.st_mode):
                 raise PackageTreeError(f"'{rel}' is not a regular file or directory")
             entries.append(_Entry(name, rel, entry_phys, info, via_symlink))
