@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Annotated
@@ -20,6 +21,10 @@ MANIFEST_NAME = "wapp.toml"
 SIGNATURE_NAME = "signature.sig"
 WASM_MAGIC = b"\0asm"
 MAX_MANIFEST_BYTES = 64 * 1024
+# Bounds that keep tomllib from recursing deeply or working quadratically (see _check_shape);
+# a real manifest needs 2 levels and 2-part keys.
+MAX_MANIFEST_NESTING = 32
+MAX_KEY_PARTS = 32
 
 APP_ID_RE = re.compile(r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*){2,}$")
 # Not in the reference (which accepts any string); versions end up in file names.
@@ -161,12 +166,86 @@ def _describe(error: dict) -> str:
     return f"{loc}: {error['msg']}"
 
 
+_SHAPE_TOKEN = re.compile(r"[\[\]{}#\"'=,.\n]")
+
+
+def _check_shape(text: str) -> None:
+    """Refuse what makes tomllib itself fail badly, before it runs.
+
+    tomllib parses arrays and inline tables recursively (a few hundred `[` raise RecursionError,
+    at a depth that depends on the caller's stack) and handles a dotted key in time quadratic in
+    its parts (a 40 KB key took 5 s). A manifest needs neither deep nesting nor long keys. This
+    is a bound, not a parser: text that tomllib would reject anyway may be counted loosely.
+    """
+    open_brackets: list[str] = []
+    expect_key = True  # at a line start, after `{`, and after `,` in an inline table
+    key_parts = 1
+    position = 0
+    while (token := _SHAPE_TOKEN.search(text, position)) is not None:
+        char, position = token.group(), token.end()
+        if char in "\"'":
+            position = _string_end(text, token.start())
+        elif char == "#":
+            newline = text.find("\n", position)
+            position = len(text) if newline < 0 else newline
+        elif char in "[{":
+            header = char == "[" and expect_key and all(b == "[" for b in open_brackets)  # [table], [[table]]
+            open_brackets.append(char)
+            if len(open_brackets) > MAX_MANIFEST_NESTING:
+                raise ManifestError([f"{MANIFEST_NAME}: arrays or tables nested deeper than "
+                                     f"{MAX_MANIFEST_NESTING} levels"])
+            expect_key = header or char == "{"
+            key_parts = 1
+        elif char in "]}":
+            if open_brackets:
+                open_brackets.pop()
+            expect_key = False
+        elif char == "=":
+            expect_key = False
+        elif char == ",":
+            expect_key = bool(open_brackets) and open_brackets[-1] == "{"
+            key_parts = 1
+        elif char == "\n":
+            if not open_brackets:  # a new line, a new key (inside a multi-line array: still a value)
+                expect_key, key_parts = True, 1
+        elif expect_key:  # a `.` between the parts of a dotted key
+            key_parts += 1
+            if key_parts > MAX_KEY_PARTS:
+                raise ManifestError([f"{MANIFEST_NAME}: a key has more than {MAX_KEY_PARTS} dotted parts"])
+
+
+def _string_end(text: str, start: int) -> int:
+    """Index just past the TOML string starting at `start` (or the end of the text if unclosed)."""
+    quote = text[start]
+    delimiter = quote * 3 if text.startswith(quote * 3, start) else quote
+    position = start + len(delimiter)
+    while position < len(text):
+        char = text[position]
+        if char == "\\" and quote == '"':
+            position += 2
+        elif text.startswith(delimiter, position):
+            position += len(delimiter)
+            while len(delimiter) == 3 and text.startswith(quote, position):  # `"""a""""` ends in `a"`
+                position += 1
+            return position
+        elif char == "\n" and len(delimiter) == 1:
+            return position  # an unclosed one-line string: tomllib reports it
+        else:
+            position += 1
+    return position
+
+
 def parse_manifest(text: str) -> Manifest:
     """Parse manifest text; every problem is reported, not just the first."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_MANIFEST_BYTES:
+        raise ManifestError([f"{MANIFEST_NAME}: larger than {MAX_MANIFEST_BYTES} bytes"])
+    _check_shape(text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError([f"{MANIFEST_NAME}: {exc}"]) from None
+    except RecursionError:  # the scan above should prevent this; never let it become a traceback
+        raise ManifestError([f"{MANIFEST_NAME}: arrays or tables nested too deeply"]) from None
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
@@ -176,7 +255,11 @@ def parse_manifest(text: str) -> Manifest:
 def load_manifest(package_dir: str | os.PathLike[str]) -> Manifest:
     path = Path(package_dir) / MANIFEST_NAME
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: a FIFO planted as wapp.toml must not hang a listing; only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ManifestError([f"{MANIFEST_NAME}: not a regular file"])
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ManifestError([f"{MANIFEST_NAME}: not found in {package_dir}"]) from None
