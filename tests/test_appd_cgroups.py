@@ -190,8 +190,8 @@ def test_appd_refuses_to_start_without_delegation(tmp_path: Path) -> None:
     """This test machine's cgroup is not delegated to the test (nor is it cgroup v2 at all)."""
     env = {"XDG_RUNTIME_DIR": str(tmp_path), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
            "WEFT_APP_CGROUPS": "required", "WEFT_APPD_WS_PORT": "0", "WEFT_RUNTIME_POOL": "0"}
-    result = subprocess.run([sys.executable, "-m", "weft.daemons.appd"], env=env, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run([sys.executable, "-m", "weft.daemons.appd"], env=env, check=False, capture_output=True,
+                            text=True, timeout=30)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error: ") and "Delegate=yes" in result.stderr and "Traceback" not in result.stderr
     wait_for(lambda: not (tmp_path / "weft/appd.sock").exists(), 1, "no socket")

@@ -31,7 +31,7 @@ def _runtime_cli_accepts(value: int) -> bool:
     # --compile-only of a missing app: argument checks pass, then it fails on the store (exit 1);
     # a refused --memory-mib is a usage error (exit 2).
     result = subprocess.run([sys.executable, "-m", "weft.daemons.runtime", "--compile-only", "org.example.none",
-                             "--memory-mib", str(value)], capture_output=True, text=True, timeout=60,
+                             "--memory-mib", str(value)], check=False, capture_output=True, text=True, timeout=60,
                             env={"HOME": "/nonexistent", "WEFT_APP_STORE": "/nonexistent", "PATH": "/usr/bin:/bin"})
     assert result.returncode in (1, 2), result.stderr
     return result.returncode == 1
@@ -54,7 +54,7 @@ def test_appd_relay_and_runtime_cli_agree_on_memory_bounds(value: int) -> None:
 
 def test_runtime_cli_names_the_bad_option() -> None:
     result = subprocess.run([sys.executable, "-m", "weft.daemons.runtime", "--compile-only", "org.example.none",
-                             "--memory-mib", "100000"], capture_output=True, text=True, timeout=60)
+                             "--memory-mib", "100000"], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.endswith("error: --memory-mib='100000': input should be less than or equal to 65536\n")
 

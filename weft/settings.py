@@ -129,7 +129,7 @@ RUNTIME_POOL: Setting[int] = Setting("WEFT_RUNTIME_POOL", PoolSize, 2, "standby 
 READY_TIMEOUT_S: Setting[float] = Setting("WEFT_READY_TIMEOUT_S", Seconds, 30.0, "seconds an app has to signal READY")
 MAX_SESSIONS: Setting[int] = Setting("WEFT_MAX_SESSIONS", SessionCap, 64, "live sessions at once")
 APP_MEMORY_MIB: Setting[int] = Setting("WEFT_APP_MEMORY_MIB", MemoryMib, 256, "memory cap of one app's guest, MiB")
-APP_CGROUPS: Setting[str] = Setting(
+APP_CGROUPS: Setting[CgroupMode] = Setting(
     "WEFT_APP_CGROUPS", CgroupMode, "off",
     "`required`: each runtime in its own cgroup below appd's delegated cgroup, or appd refuses to start; `off`: none")
 APP_CGROUP_MEMORY_MIB: Setting[int] = Setting(

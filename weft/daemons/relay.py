@@ -7,7 +7,7 @@ is also the readiness channel: only the runtime's `notify.ready` host import wri
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -46,8 +46,8 @@ class Ready(_Line):
     t: Literal["ready"] = "ready"
 
 
-ToRuntime = TypeAdapter(Annotated[Union[Launch, Ipc], Field(discriminator="t")])
-FromRuntime = TypeAdapter(Annotated[Union[Ready, Ipc], Field(discriminator="t")])
+ToRuntime = TypeAdapter(Annotated[Launch | Ipc, Field(discriminator="t")])
+FromRuntime = TypeAdapter(Annotated[Ready | Ipc, Field(discriminator="t")])
 
 
 class RelayError(WeftError):
@@ -58,10 +58,11 @@ def encode_line(message: _Line) -> bytes:
     return message.model_dump_json().encode() + b"\n"
 
 
-def decode_line(line: bytes, adapter: TypeAdapter) -> Launch | Ipc | Ready:
+def decode_line(line: bytes, adapter: TypeAdapter[Any]) -> Launch | Ipc | Ready:
     if len(line) > MAX_LINE_BYTES:
         raise RelayError(f"relay line of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
     try:
-        return adapter.validate_json(line)
+        message: Launch | Ipc | Ready = adapter.validate_json(line)
     except ValidationError as exc:
         raise RelayError(f"invalid relay line: {exc.errors()[0]['msg']}") from None
+    return message

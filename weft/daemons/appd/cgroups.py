@@ -66,7 +66,7 @@ class AppCgroups:
         self.limits = limits
 
     @classmethod
-    def delegated(cls, limits: AppLimits, fs_root: Path = CGROUP_FS, own: str | None = None) -> "AppCgroups":
+    def delegated(cls, limits: AppLimits, fs_root: Path = CGROUP_FS, own: str | None = None) -> AppCgroups:
         """Check that appd's cgroup is delegated to it and set the subtree up; CgroupError if not."""
         cgroups = cls(fs_root / (own if own is not None else own_cgroup()).lstrip("/"), limits)
         cgroups._check_delegated()

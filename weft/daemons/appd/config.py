@@ -51,7 +51,7 @@ class AppdConfig(BaseModel):
     store: StorePaths
 
     @model_validator(mode="after")
-    def _cgroup_leaves_room_for_the_runtime(self) -> "AppdConfig":
+    def _cgroup_leaves_room_for_the_runtime(self) -> AppdConfig:
         if self.cgroups == "required" and self.app_limits.memory_mib <= self.memory_mib:
             raise ValueError(
                 f"{settings.APP_CGROUP_MEMORY_MIB.env}={self.app_limits.memory_mib} must be larger than "
@@ -72,7 +72,7 @@ class AppdConfig(BaseModel):
         return self.runtime_dir / "last-session.json"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "AppdConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AppdConfig:
         """Raises SettingError (`error: NAME='value': why`) for any bad setting."""
         try:
             return cls(

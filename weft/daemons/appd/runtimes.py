@@ -76,7 +76,7 @@ class RuntimeProcess:
                 self.process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), grace_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("runtime %d ignored SIGTERM for %.1f s; killing it", self.pid, grace_s)
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()
