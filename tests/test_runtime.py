@@ -198,7 +198,7 @@ def test_compile_cache_is_reused_and_rebuilt_when_stale_or_foreign(built_apps, t
     (["Bad.Id", "1"], "is not a valid app ID"),
     (["org.weft.demo.counter", "0"], "invalid session id"),
     (["--standby"], "--standby takes --relay-fd"),
-    (["org.weft.demo.counter", "1", "--memory-mib", "0"], "--memory-mib must be between"),
+    (["org.weft.demo.counter", "1", "--memory-mib", "0"], "--memory-mib='0': input should be greater than or equal to 16"),
 ])
 def test_cli_rejects_bad_arguments_without_a_traceback(argv, message):
     result = subprocess.run([sys.executable, "-m", "weft.daemons.runtime", *argv], capture_output=True, text=True)
