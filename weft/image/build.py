@@ -68,7 +68,7 @@ def build_image(config: BuildConfig) -> Path:
         # -f rebuilds the image; -ff also drops the incremental cache and the tools tree.
         "-ff" if config.force_all else "-f",
     ]
-    if config.profile != "default":
+    if config.profile != profiles.DEFAULT:
         argv.append(f"--profile={config.profile}")
     log.info("image: building the %s image with mkosi (output in %s)", config.profile, config.out_dir)
     run([*argv, "build"], env=mkosi.environment(), cwd=config.repo, capture=False)
