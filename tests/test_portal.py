@@ -47,14 +47,27 @@ def tree(tmp_path: Path) -> dict[str, Path]:
     return {"rw": rw, "ro": ro, "outside": outside}
 
 
+def _try_connect(path: Path) -> PortalConnection | None:
+    try:
+        return PortalConnection(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+
+
 @pytest.fixture
 def portal(tree: dict[str, Path], tmp_path: Path) -> Iterator[PortalConnection]:
     path = tmp_path / "portal.sock"
     process = subprocess.Popen([sys.executable, "-m", "weft.daemons.file_portal", str(path),
                                 "--allow", str(tree["rw"]), "--allow-read", str(tree["ro"])])
-    wait_for(path.exists, what="portal socket")
+    try:  # bound is not yet listening: connect until it is
+        connection = wait_for(lambda: _try_connect(path), what="portal socket")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    assert isinstance(connection, PortalConnection)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    yield PortalConnection(path)
+    yield connection
     process.terminate()
     assert process.wait(10) == 0
     assert not path.exists()

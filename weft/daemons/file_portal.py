@@ -8,11 +8,17 @@ Unlike the reference, which checked a lexically normalised path and then used th
 one, every path is resolved by the kernel with openat2(RESOLVE_BENEATH) relative to a root
 directory descriptor opened at start-up: `..`, absolute symlinks and symlinks pointing out of
 the root all fail, with no check-then-use race. Roots given with --allow-read refuse writes.
-Requests, files and listings are size-limited.
+Only regular files are read or written: everything is opened O_NONBLOCK and checked with
+fstat before use, so a FIFO or socket planted in a root cannot block the portal. Requests,
+files and listings are size-limited; names that are not UTF-8 are left out of listings (a
+WIT string cannot carry them) and counted in `skipped_non_utf8`. A failure in one request
+is an error reply, never the end of the portal.
 
 It serves either a listening socket path (standalone use, like the reference) or, with
 --fd, a single inherited connection: weft-runtime starts one portal per session that way
-and forwards the guest's `weft:app/files` calls to it.
+and forwards the guest's `weft:app/files` calls to it. In that mode the portal asks the
+kernel to SIGKILL it when the runtime dies (PR_SET_PDEATHSIG), so it never outlives its
+session, even while a request is stuck.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import binascii
 import ctypes
 import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,7 +37,7 @@ import struct
 import sys
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Annotated, BinaryIO, Literal, Union
+from typing import Annotated, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -40,6 +47,13 @@ from weft.errors import UsageError, WeftError
 MAX_FILE_BYTES = 4 << 20
 MAX_REQUEST_BYTES = MAX_FILE_BYTES * 4 // 3 + 4096
 MAX_LIST_ENTRIES = 10_000
+# The longest reply: MAX_LIST_ENTRIES names of NAME_MAX (255) bytes, each byte at most a
+# 6-character JSON escape, is 15.3 MB; a file is 4/3 of MAX_FILE_BYTES.
+MAX_REPLY_BYTES = 16 << 20
+PR_SET_PDEATHSIG = 1
+OPEN_FLAGS = os.O_NONBLOCK | os.O_NOCTTY  # opening a FIFO or a tty must neither block nor adopt it
+
+log = logging.getLogger("weft.file_portal")
 
 SYS_OPENAT2 = 437  # the same number on every Linux architecture (unified syscall table)
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -66,7 +80,23 @@ class ListRequest(_Request):
     op: Literal["list"]
 
 
-PortalRequest = TypeAdapter(Annotated[Union[ReadRequest, WriteRequest, ListRequest], Field(discriminator="op")])
+PortalRequest = TypeAdapter(Annotated[ReadRequest | WriteRequest | ListRequest, Field(discriminator="op")])
+
+
+class ReadReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data_b64: str
+
+
+class ListReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entries: list[str]
+    skipped_non_utf8: int = 0
+
+
+class ErrorReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    error: str
 
 
 class Denied(Exception):
@@ -118,12 +148,17 @@ class Portal:
                 return root, inner
         raise Denied(f"access denied: {requested}")
 
+    @staticmethod
+    def _require_regular(fd: int, path: str) -> None:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise Denied(f"not a regular file: {path}")
+
     def read(self, path: str) -> dict:
         root, inner = self.locate(path)
-        fd = openat2(root.fd, inner, os.O_RDONLY)  # symlinks are followed only while they stay beneath
+        fd = openat2(root.fd, inner, os.O_RDONLY | OPEN_FLAGS)  # symlinks are followed only while they stay beneath
+        self._require_regular(fd, path)
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EISDIR, "not a regular file", path)
             data = fh.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise Denied(f"file larger than {MAX_FILE_BYTES} bytes: {path}")
@@ -139,15 +174,23 @@ class Portal:
             raise Denied(f"bad base64: {exc}") from None
         if len(data) > MAX_FILE_BYTES:
             raise Denied(f"file larger than {MAX_FILE_BYTES} bytes: {path}")
-        *parents, name = PurePosixPath(inner).parts
-        if name in (".", ".."):
-            raise Denied(f"access denied: {path}")
+        parts = PurePosixPath(inner).parts
+        if not parts or parts[-1] in (".", ".."):
+            raise Denied(f"not a regular file: {path}")  # the root itself is a directory
+        *parents, name = parts
         parent_fd = self._make_parents(root, parents)
         try:
-            fd = openat2(parent_fd, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            # No O_TRUNC before the type check: truncating is for regular files only.
+            fd = openat2(parent_fd, name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO without a reader (O_NONBLOCK) or a socket
+                raise Denied(f"not a regular file: {path}") from None
+            raise
         finally:
             os.close(parent_fd)
+        self._require_regular(fd, path)
         with os.fdopen(fd, "wb") as fh:
+            os.ftruncate(fd, 0)
             fh.write(data)
 
     @staticmethod
@@ -172,14 +215,23 @@ class Portal:
 
     def list(self, path: str) -> dict:
         root, inner = self.locate(path)
-        fd = openat2(root.fd, inner, os.O_RDONLY | os.O_DIRECTORY)
+        fd = openat2(root.fd, inner, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)
+        names: list[str] = []
+        skipped = 0
         try:
-            names = os.listdir(fd)
+            with os.scandir(fd) as entries:
+                for entry in entries:  # stops reading a huge directory at the limit
+                    try:
+                        entry.name.encode("utf-8")  # undecodable bytes arrive as lone surrogates
+                    except UnicodeEncodeError:
+                        skipped += 1
+                        continue
+                    names.append(entry.name)
+                    if len(names) > MAX_LIST_ENTRIES:
+                        raise Denied(f"more than {MAX_LIST_ENTRIES} entries: {path}")
         finally:
             os.close(fd)
-        if len(names) > MAX_LIST_ENTRIES:
-            raise Denied(f"more than {MAX_LIST_ENTRIES} entries: {path}")
-        return {"entries": sorted(names)}
+        return {"entries": sorted(names), **({"skipped_non_utf8": skipped} if skipped else {})}
 
     def handle(self, line: bytes) -> object:
         try:
@@ -196,6 +248,9 @@ class Portal:
             return {"error": str(exc)}
         except OSError as exc:
             return {"error": f"{exc.strerror} (os error {exc.errno})"}
+        except Exception as exc:  # noqa: BLE001 - our bug; still one request's error, not the session's end
+            log.error("internal error on a %s request: %s: %s", request.op, type(exc).__name__, exc)
+            return {"error": f"internal error: {type(exc).__name__}"}
 
     def serve(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
         while line := rfile.readline(MAX_REQUEST_BYTES + 1):
@@ -239,6 +294,8 @@ def main_entry(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if (args.socket is None) == (args.fd is None):
         raise UsageError("give either a socket path or --fd")
+    if args.fd is not None:  # one session's portal: never outlive the runtime that started it
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     portal = Portal([Root(p, True) for p in args.allow] + [Root(p, False) for p in args.allow_read])
     if args.fd is not None:
         try:

@@ -7,6 +7,7 @@ stop request wake it up.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import queue
@@ -15,7 +16,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from typing import BinaryIO
 
+from pydantic import TypeAdapter, ValidationError
+
+from weft.daemons import file_portal as portal_wire
 from weft.daemons.relay import MAX_LINE_BYTES, Ipc, Launch, Ready, RelayError, ToRuntime, decode_line, encode_line
 from weft.daemons.runtime.grants import Grants
 
@@ -78,47 +83,115 @@ class PortalError(Exception):
     pass
 
 
+PORTAL_TIMEOUT_S = 5.0  # one request; reading or writing a 4 MiB local file takes milliseconds
+_PortalReply = TypeAdapter(portal_wire.ReadReply | portal_wire.ListReply | portal_wire.ErrorReply | None)
+
+
 class PortalClient:
-    """The session's weft-file-portal, started on first use with the session's roots."""
+    """The session's weft-file-portal, started on first use with the session's roots.
+
+    Every request has a deadline. A portal that misses it, dies or answers nonsense is killed;
+    the guest gets an error and the next request starts a fresh portal. The portal itself
+    dies with the runtime (PR_SET_PDEATHSIG; it is started from the guest's thread, the main
+    thread, which lives as long as the process).
+    """
 
     def __init__(self, grants: Grants):
         self.grants = grants
         self.lock = threading.Lock()
         self.process: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
+        self.rfile: BinaryIO | None = None
 
-    def _connect(self) -> socket.socket:
-        if self.sock is None:
+    def _connect(self) -> tuple[socket.socket, BinaryIO]:
+        if self.sock is None or self.rfile is None:
             ours, theirs = socket.socketpair()
             argv = [sys.executable, "-m", "weft.daemons.file_portal", "--fd", str(theirs.fileno())]
             for root in self.grants.roots:
                 argv += ["--allow" if root.writable else "--allow-read", str(root.host)]
-            self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-            theirs.close()
+            try:
+                self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            finally:
+                theirs.close()
+            ours.settimeout(PORTAL_TIMEOUT_S)
             self.sock, self.rfile = ours, ours.makefile("rb")
-        return self.sock
+        return self.sock, self.rfile
 
-    def request(self, op: str, guest_path: str, data: bytes | None = None) -> dict | None:
+    def _exchange(self, message: dict[str, str]) -> bytes:
+        with self.lock:
+            try:
+                sock, rfile = self._connect()
+                sock.sendall(json.dumps(message).encode() + b"\n")
+                line = rfile.readline(portal_wire.MAX_REPLY_BYTES + 1)
+            except TimeoutError:
+                self._discard()
+                raise PortalError(f"file portal did not answer within {PORTAL_TIMEOUT_S:g} s") from None
+            except OSError as exc:
+                self._discard()
+                raise PortalError(f"file portal failed: {exc.strerror or exc}") from None
+            if not line.endswith(b"\n"):
+                self._discard()
+                raise PortalError("file portal closed the connection" if not line else "file portal reply too large")
+            return line
+
+    def request(self, op: str, guest_path: str, data: bytes | None = None) -> object:
         located = self.grants.root_for(guest_path)
         if located is None:
             raise PortalError(f"access denied: {guest_path} is not under a granted root")
         message: dict[str, str] = {"op": op, "path": str(located[1])}
         if data is not None:
             message["data_b64"] = base64.b64encode(data).decode()
-        with self.lock:
-            sock = self._connect()
-            sock.sendall(json.dumps(message).encode() + b"\n")
-            line = self.rfile.readline()
-        if not line:
-            raise PortalError("file portal closed the connection")
-        reply = json.loads(line)
-        if isinstance(reply, dict) and "error" in reply:
-            raise PortalError(reply["error"].replace(str(located[0].host), located[0].guest))
+        line = self._exchange(message)
+        try:
+            reply = _PortalReply.validate_json(line)
+        except ValidationError:
+            self._discard()
+            raise PortalError("file portal sent a malformed reply") from None
+        if isinstance(reply, portal_wire.ErrorReply):
+            raise PortalError(reply.error.replace(str(located[0].host), located[0].guest))
         return reply
 
-    def close(self) -> None:
+    def read(self, guest_path: str) -> bytes:
+        reply = self.request("read", guest_path)
+        if not isinstance(reply, portal_wire.ReadReply):
+            raise PortalError("file portal sent a malformed reply")
+        try:
+            return base64.b64decode(reply.data_b64, validate=True)
+        except binascii.Error:
+            raise PortalError("file portal sent a malformed reply") from None
+
+    def write(self, guest_path: str, data: bytes) -> None:
+        if self.request("write", guest_path, data) is not None:
+            raise PortalError("file portal sent a malformed reply")
+
+    def list_dir(self, guest_path: str) -> list[str]:
+        reply = self.request("list", guest_path)
+        if not isinstance(reply, portal_wire.ListReply):
+            raise PortalError("file portal sent a malformed reply")
+        for name in reply.entries:  # a WIT string must be valid UTF-8 (lone surrogates are not)
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PortalError("file portal listed a name that is not UTF-8") from None
+        return reply.entries
+
+    def _close_socket(self) -> None:
+        if self.rfile is not None:
+            self.rfile.close()  # the file holds the descriptor open too
         if self.sock is not None:
-            self.sock.close()  # the portal exits at end of stream
+            self.sock.close()
+        self.sock = self.rfile = None
+
+    def _discard(self) -> None:
+        """Forget a portal that failed: kill it now, start a new one on the next request."""
+        self._close_socket()
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self._close_socket()  # the portal exits at end of stream
         if self.process is not None:
             try:
                 self.process.wait(timeout=2)

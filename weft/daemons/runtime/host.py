@@ -7,7 +7,6 @@ gracefully. `notify` and `ipc` need no capability.
 """
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -114,21 +113,20 @@ class HostImports:
     # -- files (through the portal) --------------------------------------------------------
     def files_read(self, _store: object, path: str) -> WitResult:
         try:
-            reply = self.portal.request("read", path)
-            return base64.b64decode(reply["data_b64"])
+            return self.portal.read(path)
         except PortalError as exc:
             return _err(str(exc))
 
     def files_write(self, _store: object, path: str, data: bytes) -> WitResult:
         try:
-            self.portal.request("write", path, bytes(data))
+            self.portal.write(path, bytes(data))
         except PortalError as exc:
             return _err(str(exc))
         return OK
 
     def files_list(self, _store: object, path: str) -> WitResult:
         try:
-            return list(self.portal.request("list", path)["entries"])
+            return self.portal.list_dir(path)
         except PortalError as exc:
             return _err(str(exc))
 
