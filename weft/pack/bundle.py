@@ -3,8 +3,9 @@
 Bundles we write are reproducible: entries sorted, symlinks inside the package stored as the
 files they point to, owner root, mtime 0, modes 0644/0755. Extraction accepts only
 directories, regular files and relative symlinks without `..`; it refuses absolute paths,
-`..`, members below a symlink, links leaving the package, devices and fifos, and caps the
-total size, so a hostile archive cannot write outside its target.
+`..`, members below a symlink, links leaving the package, devices and fifos, so a hostile
+archive cannot write outside its target; and the tar stream is bounded (members, data,
+header sizes) before tarfile reads it (weft.pack.tar_guard), so it cannot exhaust memory.
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ import zstandard
 from weft.errors import WeftError
 from weft.manifest import is_valid_app_id
 from weft.pack.check import check_package
-from weft.pack.tree import PackageFile, PackageTreeError, require_clean_name, walk_package
+from weft.pack.tar_guard import GuardedTarStream, UnsafeTarError
+from weft.pack.tree import MAX_ENTRIES, MAX_TOTAL_BYTES, PackageFile, PackageTreeError, require_clean_name, walk_package
 
 BUNDLE_SUFFIX = ".app.tar.zst"
-MAX_MEMBERS = 100_000
-MAX_TOTAL_BYTES = 8 << 30
+MAX_ZSTD_WINDOW = 1 << 27  # what the decompressor may allocate: zstd's own default limit, made explicit
 ZSTD_LEVEL = 3
 
 
@@ -98,15 +99,12 @@ def unbundle(archive: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -
 def _extract(archive: str | os.PathLike[str], dest: Path) -> str:
     top: str | None = None
     links: set[PurePosixPath] = set()
-    total = members = 0
     try:
-        with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zst, \
-                tarfile.open(fileobj=zst, mode="r|") as tar:
+        with open(archive, "rb") as raw, \
+                zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW).stream_reader(raw) as zst, \
+                tarfile.open(fileobj=GuardedTarStream(zst, max_members=MAX_ENTRIES, max_file_bytes=MAX_TOTAL_BYTES),
+                             mode="r|") as tar:
             for member in tar:
-                members += 1
-                total += max(member.size, 0)
-                if members > MAX_MEMBERS or total > MAX_TOTAL_BYTES:
-                    raise BundleError("archive is too large")
                 name = _safe_name(member.name, links)
                 if top is None:
                     top = name.parts[0]
@@ -115,7 +113,7 @@ def _extract(archive: str | os.PathLike[str], dest: Path) -> str:
                 if name.parts[0] != top:
                     raise BundleError("archive holds more than one top-level directory")
                 _extract_member(tar, member, name, dest, links)
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, UnsafeTarError) as exc:
         raise BundleError(f"{os.fspath(archive)} is not a valid bundle: {exc}") from None
     except OSError as exc:
         raise BundleError(f"cannot read {os.fspath(archive)}: {exc.strerror or exc}") from None
