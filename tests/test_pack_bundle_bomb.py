@@ -18,6 +18,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from weft.pack import bundle
 from weft.pack.bundle import BundleError, bundle_package, unbundle
 from weft.pack.signing import bundle_digest
 from weft.pack.tar_guard import MAX_EXTENDED_HEADER_BYTES
@@ -131,8 +132,6 @@ def test_sparse_members_are_refused(tmp_path):
 
 
 def test_member_and_data_bounds_are_checked_from_the_headers(tmp_path, monkeypatch):
-    import weft.pack.bundle as bundle
-
     stream = b"".join(header(f"com.example.notes/f{i}", tarfile.REGTYPE, 0) for i in range(20)) + b"\0" * 1024
     path = tmp_path / "many.app.tar.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(stream))
