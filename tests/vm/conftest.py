@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -34,6 +35,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.vm)
     # Tests that boot their own VM stop the shared one: run them last, so it boots once.
     items.sort(key=lambda item: item.get_closest_marker("own_vm") is not None)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before the test's fixtures run, so its actions log lines follow its name.
+    SharedVm.test_starts(item.nodeid)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,16 +70,27 @@ def accel() -> Accel:
 class SharedVm:
     """The session's one booted machine, started on first use."""
 
+    live: ClassVar[SharedVm | None] = None
+    current_test: ClassVar[str] = ""
+
     def __init__(self, image: Path, artifacts: Path, accel: Accel):
         self._image, self._artifacts, self._accel = image, artifacts, accel
         self._machine: Machine | None = None
         self._boot_error: Exception | None = None
+
+    @classmethod
+    def test_starts(cls, nodeid: str) -> None:
+        """Mark in the shared machine's actions log where each test begins."""
+        cls.current_test = nodeid
+        if cls.live is not None and cls.live._machine is not None:
+            cls.live._machine.note(f"=== {nodeid}")
 
     def get(self) -> Machine:
         if self._boot_error is not None:
             pytest.fail(f"the shared VM did not boot: {self._boot_error}")
         if self._machine is None:
             machine = Machine(self._image, self._artifacts, self._accel, name="shared")
+            machine.note(f"=== {self.current_test} (boots the shared VM)")
             try:
                 machine.start()
                 machine.wait_for_shell(BOOT_TIMEOUT_S)
@@ -95,13 +112,12 @@ class SharedVm:
 
 @pytest.fixture(scope="session")
 def shared_vm(test_image: Path, artifacts: Path, accel: Accel) -> Iterator[SharedVm]:
-    vm = SharedVm(test_image, artifacts, accel)
+    vm = SharedVm.live = SharedVm(test_image, artifacts, accel)
     yield vm
     vm.stop()
+    SharedVm.live = None
 
 
 @pytest.fixture
-def machine(shared_vm: SharedVm, request: pytest.FixtureRequest) -> Machine:
-    machine = shared_vm.get()
-    machine.note(f"=== {request.node.nodeid}")  # the actions log says which test did what
-    return machine
+def machine(shared_vm: SharedVm) -> Machine:
+    return shared_vm.get()
