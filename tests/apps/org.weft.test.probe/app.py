@@ -4,6 +4,8 @@ Each message is `command:argument`; the reply is one line of text:
   echo:T            -> T
   print:T           -> writes T to the guest's stdout, replies "printed"
   read:P / write:P:T       -> WASI file access through the preopens
+  symlink:TARGET:LINK      -> os.symlink through the preopens, replies "linked"
+  spam:N                   -> N lines on stdout as fast as it can, replies "spammed"
   fetch:URL                -> weft:app/fetch
   files-read:P / files-write:P:T / files-list:P -> weft:app/files (the file portal)
   notify:T / clip-read     -> weft:app/notifications, weft:app/clipboard
@@ -36,6 +38,14 @@ def handle(command: str, arg: str) -> str:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
         return "written"
+    if command == "symlink":
+        target, _, link = arg.partition(":")
+        os.symlink(target, link)
+        return "linked"
+    if command == "spam":
+        for number in range(int(arg)):
+            print(f"spam line {number}")
+        return "spammed"
     if command == "fetch":
         response = fetch.fetch(arg, "GET", [], None)
         return f"{response.status} {response.content_type} {bytes(response.body).decode()}"

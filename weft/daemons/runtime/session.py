@@ -18,6 +18,7 @@ from wasmtime.component import Component, Func, Instance
 from weft.daemons.runtime.channels import PortalClient, Relay
 from weft.daemons.runtime.engine import ComponentCache
 from weft.daemons.runtime.grants import Grants
+from weft.daemons.runtime.guest_output import GuestOutput, LineBudget
 from weft.daemons.runtime.host import HostImports, build_linker
 from weft.daemons.runtime.limits import GuestLimits
 from weft.errors import WeftError
@@ -27,7 +28,6 @@ from weft.store import StorePaths
 
 log = logging.getLogger("weft.runtime")
 STOP_GRACE_S = 0.5
-guest_log = logging.getLogger("weft.guest")
 
 
 class ExitCode(enum.IntEnum):
@@ -42,25 +42,6 @@ class SessionSettings(BaseModel):
     app_id: str
     session_id: int
     memory_mib: MemoryMib = 256
-
-
-class GuestOutput:
-    """Guest stdout/stderr, split into lines and logged with the session id."""
-
-    def __init__(self, session_id: int, stream: str):
-        self.prefix = f"session {session_id} {stream}"
-        self.pending = b""
-
-    def write(self, data: bytes) -> None:
-        *lines, self.pending = (self.pending + data).split(b"\n")
-        for line in lines:
-            guest_log.info("%s: %s", self.prefix, line.decode(errors="replace"))
-        if len(self.pending) > 4096:  # a guest printing without newlines still gets logged
-            self.write(b"\n")
-
-    def flush(self) -> None:
-        if self.pending:
-            self.write(b"\n")
 
 
 def _run_export(component: Component, engine: Engine, instance: Instance, store: Store) -> Func:
@@ -91,8 +72,9 @@ class AppSession:
         self.grants = Grants.from_manifest(manifest, store_paths, documents)
         self.component = cache.load(resolve_inside(package, manifest.runtime.module))
         self.portal = PortalClient(self.grants)
-        self.stdout = GuestOutput(settings.session_id, "stdout")
-        self.stderr = GuestOutput(settings.session_id, "stderr")
+        budget = LineBudget(settings.session_id)  # one budget for both streams
+        self.stdout = GuestOutput(settings.session_id, "stdout", budget)
+        self.stderr = GuestOutput(settings.session_id, "stderr", budget)
 
     def _wasi(self) -> WasiConfig:
         wasi = WasiConfig()
