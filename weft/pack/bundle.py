@@ -148,7 +148,9 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: PurePos
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except FileExistsError:
             raise BundleError(f"'{member.name}' appears twice in the archive") from None
-        with os.fdopen(fd, "wb") as out, tar.extractfile(member) as src:
+        src = tar.extractfile(member)
+        assert src is not None  # a regular member always has data
+        with os.fdopen(fd, "wb") as out, src:
             shutil.copyfileobj(src, out, 1 << 20)
     elif member.issym():
         target = member.linkname

@@ -15,6 +15,7 @@ gets the bytes:
 """
 from __future__ import annotations
 
+import io
 import re
 import tarfile
 from typing import BinaryIO
@@ -39,10 +40,11 @@ def _padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
-class GuardedTarStream:
+class GuardedTarStream(io.RawIOBase):
     """A read-only file object over a decompressed tar stream, for `tarfile.open(mode="r|")`."""
 
     def __init__(self, raw: BinaryIO, *, max_members: int, max_file_bytes: int) -> None:
+        super().__init__()
         self._raw = raw
         self._max_members = max_members
         self._max_file_bytes = max_file_bytes
@@ -60,7 +62,10 @@ class GuardedTarStream:
         self._extended_bytes = 0
         self._chained = 0
 
-    def read(self, size: int = -1) -> bytes:
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1, /) -> bytes:
         data = self._raw.read(size if size >= 0 else tarfile.RECORDSIZE)
         self._offset += len(data)
         if self._offset > self._max_stream_bytes:
