@@ -103,6 +103,10 @@ class Denied(Exception):
     pass
 
 
+class Escape(Denied):
+    """Resolution would leave the root (`..`, an absolute symlink, a relative one climbing out)."""
+
+
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
     """openat2(2) with RESOLVE_BENEATH: the result is always inside `dir_fd`."""
     how = struct.pack("QQQ", flags | os.O_CLOEXEC, mode, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
@@ -110,7 +114,7 @@ def openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
     if fd < 0:
         err = ctypes.get_errno()
         if err == errno.EXDEV:
-            raise Denied(f"access denied: {path}")
+            raise Escape(f"access denied: {path}")
         raise OSError(err, os.strerror(err), path)
     return fd
 
@@ -244,6 +248,8 @@ class Portal:
             if isinstance(request, WriteRequest):
                 return self.write(request.path, request.data_b64)
             return self.list(request.path)
+        except Escape:
+            return {"error": f"access denied: {request.path}"}  # the path asked for, not the component
         except Denied as exc:
             return {"error": str(exc)}
         except OSError as exc:
