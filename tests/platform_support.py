@@ -6,7 +6,6 @@ pays the componentize-py build and the Cranelift compile.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import pytest
 from weft.daemons import protocol
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.relay import FromRuntime, Ipc, Launch, Ready, decode_line, encode_line
+from weft.image import guests
 from weft.pack.install import install_package
 from weft.store import StorePaths
 
@@ -38,19 +38,12 @@ APP_SOURCES = {
 COMPILED_CACHE = REPO / ".cache/weft-test-components"
 
 
-def _load_builder():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("build_examples", REPO / "ci/build_examples.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 @pytest.fixture(scope="session")
 def built_apps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Package directories of every app, built from source."""
-    builder = _load_builder()
     out = tmp_path_factory.mktemp("built")
-    return {app_id: builder.build_package(src, out) for app_id, src in APP_SOURCES.items()}
+    cache = guests.repo_cache(REPO)
+    return {app_id: guests.build_package(src, out, cache) for app_id, src in APP_SOURCES.items()}
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ import json
 import re
 from pathlib import Path
 
-from platform_support import APP_SOURCES, _load_builder
+from platform_support import APP_SOURCES
+
+from weft.image import guests
 
 from weft.daemons.protocol import TerminateApp
 
@@ -30,7 +32,7 @@ def test_notes_save_and_load_any_text_under_app_data(env, built_apps, appd_facto
     assert json.loads(appd.roundtrip(sid, json.dumps({"op": "load"}))) == {"text": ""}
     text = 'line one\nliteral \\n stays\n"quoted"\ttab\x01ctrl ünïcødé ✓'
     assert json.loads(appd.roundtrip(sid, json.dumps({"op": "save", "text": text, "rev": 5}))) == {"saved": 5}
-    note = Path(env.vars["WEFT_APP_DATA"]) / "org.weft.demo.notes/notes.txt"
+    note = Path(env.vars["WEFT_APP_DATA"]) / "org.weft.demo.notes/unsigned/notes.txt"  # installed unsigned
     assert note.read_text(encoding="utf-8") == text
     assert not list((env.store / "org.weft.demo.notes").rglob("notes.txt"))  # not inside the package
 
@@ -51,9 +53,8 @@ def test_ui_pages_speak_the_appd_protocol():
 
 
 def test_wat_component_build_is_reproducible(tmp_path):
-    builder = _load_builder()
     first, second = tmp_path / "a.wasm", tmp_path / "b.wasm"
-    builder._compile(APP_SOURCES["org.weft.demo.counter"], first)
-    builder._compile(APP_SOURCES["org.weft.demo.counter"], second)
+    guests.compile_component(APP_SOURCES["org.weft.demo.counter"], first)
+    guests.compile_component(APP_SOURCES["org.weft.demo.counter"], second)
     assert first.read_bytes() == second.read_bytes()
     assert first.read_bytes()[:8] == b"\0asm\x0d\x00\x01\x00"  # a component, not a core module

@@ -105,7 +105,7 @@ def test_verity_cli_format_and_verify(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["format", "/nonexistent", "/tmp/x"], "cannot"),
+    (["format", "/nonexistent", "/nonexistent-hash"], "cannot"),
     (["format", "/etc/hostname", "/dev/null", "--salt", "zz"], "salt must be hexadecimal"),
     (["format", "/etc/hostname", "/dev/null", "--data-block-size", "999"], "block size 999"),
     (["verify", "/etc/hostname", "/etc/hostname", "00"], "superblock"),

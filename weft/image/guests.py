@@ -41,7 +41,7 @@ def _source_key(src: Path, tool: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def _compile(src: Path, out: Path) -> None:
+def compile_component(src: Path, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if (src / "app.wat").exists():
             wasm_tools = _tool("wasm-tools")
@@ -66,7 +66,7 @@ def build_component(src: Path, cache: Path) -> Path:
     if not cached.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(".partial")
-        _compile(src, partial)
+        compile_component(src, partial)
         partial.replace(cached)
     return cached
 
