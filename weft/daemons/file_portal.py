@@ -37,7 +37,7 @@ import struct
 import sys
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Annotated, BinaryIO, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -99,6 +99,15 @@ class ErrorReply(BaseModel):
     error: str
 
 
+class LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> None: ...
+
+
 class Denied(Exception):
     pass
 
@@ -110,7 +119,7 @@ class Escape(Denied):
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
     """openat2(2) with RESOLVE_BENEATH: the result is always inside `dir_fd`."""
     how = struct.pack("QQQ", flags | os.O_CLOEXEC, mode, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(SYS_OPENAT2, dir_fd, os.fsencode(path), how, len(how))
+    fd = int(_libc.syscall(SYS_OPENAT2, dir_fd, os.fsencode(path), how, len(how)))
     if fd < 0:
         err = ctypes.get_errno()
         if err == errno.EXDEV:
@@ -158,7 +167,7 @@ class Portal:
             os.close(fd)
             raise Denied(f"not a regular file: {path}")
 
-    def read(self, path: str) -> dict:
+    def read(self, path: str) -> dict[str, str]:
         root, inner = self.locate(path)
         fd = openat2(root.fd, inner, os.O_RDONLY | OPEN_FLAGS)  # symlinks are followed only while they stay beneath
         self._require_regular(fd, path)
@@ -217,7 +226,7 @@ class Portal:
             os.close(current)
             raise
 
-    def list(self, path: str) -> dict:
+    def list(self, path: str) -> dict[str, object]:
         root, inner = self.locate(path)
         fd = openat2(root.fd, inner, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)
         names: list[str] = []
@@ -246,7 +255,8 @@ class Portal:
             if isinstance(request, ReadRequest):
                 return self.read(request.path)
             if isinstance(request, WriteRequest):
-                return self.write(request.path, request.data_b64)
+                self.write(request.path, request.data_b64)
+                return None
             return self.list(request.path)
         except Escape:
             return {"error": f"access denied: {request.path}"}  # the path asked for, not the component
@@ -258,7 +268,7 @@ class Portal:
             log.error("internal error on a %s request: %s: %s", request.op, type(exc).__name__, exc)
             return {"error": f"internal error: {type(exc).__name__}"}
 
-    def serve(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
+    def serve(self, rfile: LineReader, wfile: Writer) -> None:
         while line := rfile.readline(MAX_REQUEST_BYTES + 1):
             if len(line) > MAX_REQUEST_BYTES and not line.endswith(b"\n"):
                 wfile.write(b'{"error": "request too large"}\n')
