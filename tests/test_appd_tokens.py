@@ -1,6 +1,7 @@
 """appd's tokens: session and boot tokens are compared in constant time (hmac.compare_digest)."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from http import HTTPStatus
@@ -9,8 +10,9 @@ from typing import Any, cast
 import pytest
 from websockets.datastructures import Headers
 from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
-from weft.daemons.appd import tokens
+from weft.daemons.appd import tokens, websocket
 from weft.daemons.appd.sessions import Hub, Session, SessionManager
 from weft.daemons.appd.websocket import WebSocketServer
 from weft.daemons.protocol import SessionState
@@ -54,20 +56,16 @@ def test_a_stopped_sessions_token_is_refused() -> None:
     assert _manager_with(session).by_token(session.token) is None
 
 
-class _Connection:
-    def respond(self, status: HTTPStatus, text: str) -> HTTPStatus:
-        return status
-
-
 def test_boot_token_is_compared_in_constant_time(compared: list[tuple[bytes, bytes]]) -> None:
     boot = tokens.new_session_token()
     server = WebSocketServer(0, boot, frozenset(), _manager_with(), Hub(), cast(Any, None))
 
-    def admit(token: str) -> object:
-        request = Request(f"/appd?token={token}", Headers())
-        return server._admit(cast(Any, _Connection()), request)
+    async def admit(token: str) -> int | None:
+        connection = websocket._Connection(server.pending, ServerProtocol(), cast(Any, None))
+        response = server._admit(connection, Request(f"/appd?token={token}", Headers()))
+        return None if response is None else response.status_code
 
-    assert admit(boot) is None  # admitted as a control connection
+    assert asyncio.run(admit(boot)) is None  # admitted as a control connection
     assert compared == [(boot.encode(), boot.encode())]
-    assert admit("x" + boot[1:]) == HTTPStatus.UNAUTHORIZED
+    assert asyncio.run(admit("x" + boot[1:])) == HTTPStatus.UNAUTHORIZED
     assert len(compared) == 2

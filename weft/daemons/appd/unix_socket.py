@@ -13,6 +13,7 @@ import socket
 import struct
 from pathlib import Path
 
+from weft.daemons.appd.accept import LISTEN_BACKLOG, RateLimitedWarning, accept_forever
 from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.appd.runtime_dir import RuntimeDir
 from weft.daemons.protocol import (
@@ -28,6 +29,7 @@ from weft.errors import WeftError
 
 log = logging.getLogger("weft.appd")
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
+MAX_UNIX_CLIENTS = 128  # same-uid clients; a bound keeps a runaway script from using up descriptors
 
 
 class UnixServer:
@@ -35,8 +37,10 @@ class UnixServer:
         self.directory = directory  # checked: ours and private (runtime_dir.py)
         self.name = name
         self.dispatcher = dispatcher
-        self.server: asyncio.Server | None = None
+        self.listener: socket.socket | None = None
+        self.accepting: asyncio.Task[None] | None = None
         self.clients: set[asyncio.StreamWriter] = set()
+        self.refusals = RateLimitedWarning()
 
     @property
     def path(self) -> Path:
@@ -47,31 +51,44 @@ class UnixServer:
             self.directory.remove(self.name)  # stale socket from an appd that did not shut down cleanly
         elif self.directory.exists(self.name):
             raise WeftError(f"{self.path} exists and is not a socket; remove it")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # created 0600: only this user may connect
         try:
             sock.bind(self.directory.bind_path(self.name))
+            sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             sock.close()
             raise WeftError(f"cannot bind {self.path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        self.server = await asyncio.start_unix_server(self._client, sock=sock)
+        self.listener = sock
+        self.accepting = asyncio.create_task(accept_forever(sock, self._attach, "appd.sock"))
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.accepting is not None:
+            self.accepting.cancel()
+        if self.listener is not None:
+            self.listener.close()
         for writer in list(self.clients):
             writer.close()
         self.directory.remove(self.name)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        _pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+    async def _attach(self, conn: socket.socket) -> None:
+        _pid, uid, _gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
         if uid != os.geteuid():
-            log.warning("refusing a Unix client with uid %d", uid)
-            writer.close()
+            self.refusals.warn("refusing a Unix client with uid %d", uid)
+            conn.close()
             return
+        if len(self.clients) >= MAX_UNIX_CLIENTS:
+            self.refusals.warn("refusing a Unix client: %d are connected already", len(self.clients))
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader, self._client)  # runs _client as a task once connected
+        await loop.connect_accepted_socket(lambda: protocol, conn)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients.add(writer)
         try:
             await self._serve(reader, writer)

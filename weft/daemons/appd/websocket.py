@@ -9,19 +9,73 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
+from weft.daemons.appd.accept import LISTEN_BACKLOG, RateLimitedWarning, accept_forever
 from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.appd.sessions import Hub, SessionManager, Subscriber
 from weft.daemons.appd.tokens import same_token
 from weft.daemons.protocol import MAX_FRAME_BYTES, Error, ProtocolError, decode_json_request, encode_json
 
 log = logging.getLogger("weft.appd")
+
+
+MAX_PENDING_HANDSHAKES = 64  # accepted connections that have not been admitted yet
+HANDSHAKE_TIMEOUT_S = 5.0  # from accept to the end of the opening handshake
+MAX_CLIENTS = 256  # admitted connections (shells, app pages, local programs)
+
+
+class _PendingHandshakes:
+    """Accepted connections not admitted yet, oldest first. When full, the oldest is dropped:
+    a flood of half-open connections holds a bounded number of descriptors, and a real client,
+    whose upgrade request follows its connect at once, still gets through."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.connections: dict[ServerConnection, None] = {}  # insertion-ordered
+        self.evictions = RateLimitedWarning()
+
+    def add(self, connection: ServerConnection) -> None:
+        while len(self.connections) >= self.limit:
+            oldest = next(iter(self.connections))
+            del self.connections[oldest]
+            oldest.transport.abort()
+            self.evictions.warn("dropping half-open WebSocket connections: more than %d handshakes pending",
+                                self.limit)
+        self.connections[connection] = None
+
+    def discard(self, connection: ServerConnection) -> None:
+        self.connections.pop(connection, None)
+
+    def abort_all(self) -> None:
+        for connection in list(self.connections):
+            connection.transport.abort()
+        self.connections.clear()
+
+
+class _Connection(ServerConnection):
+    """A connection that counts as pending from accept until admitted or closed."""
+
+    def __init__(self, pending: _PendingHandshakes, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pending = pending
+        self.caller: Caller | None = None  # set when admitted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.pending.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pending.discard(self)
+        super().connection_lost(exc)
 
 
 class WebSocketServer:
@@ -33,39 +87,77 @@ class WebSocketServer:
         self.manager = manager
         self.hub = hub
         self.dispatcher = dispatcher
-        self.callers: dict[ServerConnection, Caller] = {}
+        self.pending = _PendingHandshakes(MAX_PENDING_HANDSHAKES)
+        self.open_connections = 0
         self.server: Server | None = None
+        self.listener: socket.socket | None = None
+        self.accepting: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind 127.0.0.1 (loopback only) and return the port actually bound."""
-        self.server = await serve(self._connection, "127.0.0.1", self.port, process_request=self._admit,
-                                  max_size=MAX_FRAME_BYTES, ping_interval=None,
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(LISTEN_BACKLOG)
+        except OSError:
+            listener.close()
+            raise
+        self.listener = listener
+        self.server = await serve(self._connection, sock=listener, process_request=self._admit,
+                                  open_timeout=HANDSHAKE_TIMEOUT_S, max_size=MAX_FRAME_BYTES, ping_interval=None,
                                   compression=None)  # small local messages: deflate only costs CPU
-        return self.server.sockets[0].getsockname()[1]
+        # websockets runs the handshake (with its timeout) and the handler, and refuses handshakes
+        # unless its asyncio server is serving; the accepting is ours (accept.py), so connections
+        # are counted from the start and EMFILE is handled calmly: take the listening socket's
+        # reader away from asyncio's accept loop.
+        asyncio.get_running_loop().remove_reader(listener.fileno())
+        self.accepting = asyncio.create_task(accept_forever(listener, self._attach, "WebSocket"))
+        return int(listener.getsockname()[1])
 
     async def close(self) -> None:
+        if self.accepting is not None:
+            self.accepting.cancel()
+        self.pending.abort_all()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
 
+    async def _attach(self, conn: socket.socket) -> None:
+        assert self.server is not None
+        server = self.server
+
+        def connection() -> _Connection:
+            # as websockets' serve() builds it, with the options given above
+            protocol = ServerProtocol(max_size=MAX_FRAME_BYTES, logger=server.logger)
+            return _Connection(self.pending, protocol, server, ping_interval=None)
+
+        await asyncio.get_running_loop().connect_accepted_socket(connection, conn)
+
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        assert isinstance(connection, _Connection)
+        connection.pending.discard(connection)  # it sent a whole request: no longer half-open
+        if self.open_connections >= MAX_CLIENTS:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         token = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
         origin = request.headers.get("Origin")
         if token and same_token(token, self.boot_token):
             if origin is not None and origin not in self.control_origins:
                 return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
-            self.callers[connection] = Caller()
+            connection.caller = Caller()
             return None
         session = self.manager.by_token(token) if token else None
         if session is None:
             return connection.respond(HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
         if origin is not None and origin != f"weft-app://{session.app_id}":
             return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed for this session\n")
-        self.callers[connection] = Caller(bound_session=session.id)
+        connection.caller = Caller(bound_session=session.id)
         return None
 
     async def _connection(self, connection: ServerConnection) -> None:
-        caller = self.callers.pop(connection)
+        assert isinstance(connection, _Connection) and connection.caller is not None
+        caller = connection.caller
+        self.open_connections += 1
         subscriber = Subscriber(caller.bound_session)
         self.hub.subscribers.add(subscriber)
         sender = asyncio.create_task(self._send_all(connection, subscriber))
@@ -81,6 +173,7 @@ class WebSocketServer:
         except ConnectionClosed:
             pass
         finally:
+            self.open_connections -= 1
             self.hub.subscribers.discard(subscriber)
             sender.cancel()
             if subscriber.dropped:
