@@ -172,14 +172,11 @@ def test_an_id_the_system_store_holds_is_refused(make_image, store, trusted):
     assert _store_files(store) == {}
 
 
-def test_an_id_the_system_package_store_holds_is_refused(make_image, store, trusted, tmp_path, monkeypatch):
-    import weft.pack.image_store as image_store
-
+def test_an_id_the_system_package_store_holds_is_refused(make_image, store, trusted, tmp_path):
     system_dirs = tmp_path / "system-apps"
     (system_dirs / APP).mkdir(parents=True)
     (system_dirs / APP / "wapp.toml").write_text("")
-    monkeypatch.setattr(image_store, "SYSTEM_STORE", system_dirs)
-    store = store.model_copy(update={"roots": (*store.roots, system_dirs)})
+    store = store.model_copy(update={"system_root": system_dirs})
     with pytest.raises(ImageStoreError, match="ships with the OS"):
         install_image(make_image(), store, trusted)
 

@@ -7,10 +7,10 @@ from package_support import write_package
 from weft.errors import WeftError
 from weft.manifest import ManifestError
 from weft.pack.bundle import bundle_package
-from weft.pack.install import install_package, list_packages, uninstall_package
+from weft.pack.install import install_package, uninstall_package
 from weft.pack.keys import load_signing_key, load_verify_key
 from weft.pack.signing import SignatureError, sign_package, verify_package
-from weft.store import StorePaths
+from weft.store import INSTALL_RECORD_SUFFIX, StorePaths
 
 
 @pytest.fixture
@@ -19,7 +19,10 @@ def store(store_env) -> StorePaths:
 
 
 def _leftovers(store: StorePaths) -> list[str]:
-    return sorted(p.name for p in store.install_root.iterdir()) if store.install_root.exists() else []
+    """What is in the store besides install records (tests/test_store_publisher.py checks those)."""
+    if not store.install_root.exists():
+        return []
+    return sorted(p.name for p in store.install_root.iterdir() if not p.name.endswith(INSTALL_RECORD_SUFFIX))
 
 
 def test_install_directory_and_list(sample_package, store):
@@ -27,12 +30,14 @@ def test_install_directory_and_list(sample_package, store):
     assert app.path == store.install_root / "com.example.notes"
     assert (app.path / "wapp.toml").is_file() and (app.path / "ui" / "index.html").is_file()
     assert _leftovers(store) == ["com.example.notes"]  # no staging directory left behind
-    assert [(a.id, a.name, a.version) for a in list_packages(store)] == [("com.example.notes", "Notes", "1.0.0")]
+    listed = store.list_packages().packages
+    assert [(a.app_id, a.manifest.package.name, a.manifest.package.version) for a in listed] == [
+        ("com.example.notes", "Notes", "1.0.0")]
 
 
 def test_app_data_lives_outside_the_package_and_survives_uninstall(sample_package, store):
     app = install_package(sample_package, store)
-    data = store.app_data_dir(app.id)
+    data = store.app_data_dir(app.id, app.publisher)
     assert data.is_dir() and app.path not in data.parents
     (data / "notes.txt").write_text("keep me")
     uninstall_package(app.id, store)
@@ -83,15 +88,21 @@ def test_uninstall_validates_the_id_and_presence(store):
         uninstall_package("com.example.absent", store)
 
 
-def test_list_dedupes_across_roots_first_root_wins(make_package, tmp_path):
+def test_list_one_per_id_system_store_wins(make_package, tmp_path):
     user, system = tmp_path / "user", tmp_path / "system"
     write_package(user / "com.example.notes", version="2.0")
     write_package(system / "com.example.notes", version="1.0")
     write_package(system / "com.example.alpha", app_id="com.example.alpha", name="Alpha")
+    write_package(user / "com.example.zeta", app_id="com.example.zeta", name="Zeta")
     (system / "junk").mkdir()
     (system / "junk" / "wapp.toml").write_text("not toml [")
-    store = StorePaths(roots=(user, system), install_root=user, app_data_root=tmp_path / "d", cache_root=tmp_path)
-    assert [(a.id, a.version) for a in list_packages(store)] == [("com.example.notes", "2.0"), ("com.example.alpha", "1.0.0")]
+    store = StorePaths(system_root=system, install_root=user, app_data_root=tmp_path / "d", cache_root=tmp_path,
+                       system_images_root=tmp_path / "no-images")
+    listing = store.list_packages()
+    assert [(a.app_id, a.manifest.package.version, a.store) for a in listing.packages] == [
+        ("com.example.alpha", "1.0.0", "system"), ("com.example.notes", "1.0", "system"),
+        ("com.example.zeta", "1.0.0", "user")]
+    assert {entry.path for entry in listing.skipped} == {system / "junk", user / "com.example.notes"}
 
 
 def test_install_without_a_data_location_changes_nothing(sample_package, tmp_path):

@@ -108,7 +108,7 @@ def test_documents_capability_maps_home_documents_read_only(env, probe, runtime_
 
 def test_read_only_app_data_refuses_writes_through_wasi_and_the_portal(env, probe, runtime_factory):
     app_id = probe("org.weft.test.reader", ["fs:read:app-data"])
-    data_dir = Path(env.vars["WEFT_APP_DATA"]) / app_id
+    data_dir = Path(env.vars["WEFT_APP_DATA"]) / app_id / "unsigned"  # installed without a signature check
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "seed.txt").write_text("seeded")
     runtime = runtime_factory(app_id)
@@ -125,10 +125,10 @@ def test_portal_from_the_guest_writes_inside_and_refuses_escapes(env, probe, run
     runtime = runtime_factory(app_id)
     runtime.wait_ready()
     assert runtime.ask("files-write:/data/sub/note.txt:kept") == "written"
-    assert (Path(env.vars["WEFT_APP_DATA"]) / app_id / "sub/note.txt").read_text() == "kept"
+    assert (Path(env.vars["WEFT_APP_DATA"]) / app_id / "unsigned/sub/note.txt").read_text() == "kept"
     assert runtime.ask("files-list:/data") == "sub"
     assert runtime.ask("files-read:/data/../../../etc/passwd").startswith("err: access denied")
-    os.symlink("/etc", Path(env.vars["WEFT_APP_DATA"]) / app_id / "etc")
+    os.symlink("/etc", Path(env.vars["WEFT_APP_DATA"]) / app_id / "unsigned/etc")
     assert runtime.ask("files-read:/data/etc/passwd").startswith("err: access denied")
     assert runtime.close() == ExitCode.OK
 

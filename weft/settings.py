@@ -90,7 +90,10 @@ XDG_DATA_HOME: Setting[Path | None] = Setting("XDG_DATA_HOME", Path | None, None
 XDG_CACHE_HOME: Setting[Path | None] = Setting("XDG_CACHE_HOME", Path | None, None, "default $HOME/.cache")
 APP_STORE: Setting[Path | None] = Setting(
     "WEFT_APP_STORE", Path | None, None,
-    "the only package store (default $XDG_DATA_HOME/weft/apps, then the system store)")
+    "the user's package store (default $XDG_DATA_HOME/weft/apps); the system store is looked at first")
+SYSTEM_APP_STORE: Setting[Path] = Setting(
+    "WEFT_SYSTEM_APP_STORE", Path, Path("/usr/share/weft/apps"),
+    "package directories shipped with the OS (read-only); they win over the user's, their ids cannot be installed")
 APP_DATA: Setting[Path | None] = Setting(
     "WEFT_APP_DATA", Path | None, None, "root of the apps' data directories (default $XDG_DATA_HOME/weft/app-data)")
 CACHE_DIR: Setting[Path | None] = Setting(
@@ -144,8 +147,8 @@ APP_PIDS_MAX: Setting[int] = Setting(
 DEBUG: Setting[bool] = Setting("WEFT_DEBUG", bool, False, "`1`: tracebacks on failure, like --debug", split=_flag)
 
 ALL: tuple[Setting[Any], ...] = (
-    HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, APP_DATA, CACHE_DIR, IMAGE_STORE,
-    SYSTEM_IMAGE_STORE, ROLLBACK_RECORD, APPD_SOCKET,
+    HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, SYSTEM_APP_STORE, APP_DATA, CACHE_DIR,
+    IMAGE_STORE, SYSTEM_IMAGE_STORE, ROLLBACK_RECORD, APPD_SOCKET,
     MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, RUNTIME_BIN, RUNTIME_POOL, READY_TIMEOUT_S,
     MAX_SESSIONS, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT, APP_PIDS_MAX, DEBUG,
 )

@@ -19,6 +19,10 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def _warn(text: str) -> None:
+    sys.stderr.write(f"warning: {terminal_safe(text)}\n")
+
+
 def cmd_check(args) -> int:
     from weft.pack.check import check_package
 
@@ -110,7 +114,7 @@ def cmd_install(args) -> int:
         raise UsageError("--key is only used with --require-signature")
     key = load_verify_key(args.key) if args.require_signature else None
     app = install_package(args.source, StorePaths.from_env(), trusted_key=key)
-    _out(f"installed {app.id} -> {app.path}")
+    _out(f"installed {app.id} (publisher {app.publisher}) -> {app.path}")
     return 0
 
 
@@ -155,26 +159,30 @@ def cmd_uninstall(args) -> int:
             raise WeftError(f"{args.app_id} ships with the OS and cannot be uninstalled")
         uninstall_package(args.app_id, store, purge=args.purge)
     elif args.purge:
-        shutil.rmtree(store.app_data_dir(args.app_id), ignore_errors=True)
+        shutil.rmtree(store.all_app_data(args.app_id), ignore_errors=True)
     _out(f"uninstalled {args.app_id}" + (" (data purged)" if args.purge else ""))
     return 0
 
 
 def cmd_list(args) -> int:
     from weft.pack.image_store import BrokenImage, list_images
-    from weft.pack.install import list_packages
 
     store = StorePaths.from_env()
-    apps = list_packages(store)
+    listing = store.list_packages()  # the same listing appd's catalogue answers with
+    for skipped in listing.skipped:
+        _warn(f"skipping {skipped.path}: {skipped.reason}")
+    apps = listing.packages
     images = list_images(store)
     if args.json:
-        _out(json.dumps([{"kind": "package", **a.model_dump(mode="json")} for a in apps]
+        _out(json.dumps([{"kind": "package", "id": a.app_id, "name": a.manifest.package.name,
+                          "version": a.manifest.package.version, "path": str(a.path),
+                          "publisher": a.publisher, "store": a.store} for a in apps]
                         + [{"kind": "image", **i.model_dump(mode="json")} for i in images], indent=2))
     elif not apps and not images:
         _out("no apps installed")
     else:
         for app in apps:
-            _out(f"{app.id}  {app.name}  {app.version}")
+            _out(f"{app.app_id}  {app.manifest.package.name}  {app.manifest.package.version}")
         for image in images:
             if isinstance(image, BrokenImage):
                 _out(f"{terminal_safe(image.id)}  image ({image.store}), unusable: {terminal_safe(image.problem)}")

@@ -24,20 +24,17 @@ from nacl.signing import VerifyKey
 from pydantic import BaseModel, ConfigDict
 
 from weft.errors import WeftError
-from weft.manifest import MANIFEST_NAME, require_app_id
+from weft.manifest import require_app_id
 from weft.pack.footer import Footer, FooterError, SignedFooter, read_footer
 from weft.pack.image import IMAGE_SUFFIX, verify_image
 from weft.rollback import RollbackError, RollbackRecord, RollbackRecordError, compare_versions, version_key
-from weft.store import SYSTEM_STORE, StorePaths
+from weft.store import StorePaths, publisher_from_key_id
 
 log = logging.getLogger("weft.pack")
 
 TEMP_PREFIX = ".install-"
 IMAGE_MODE = 0o644
 COPY_CHUNK = 1 << 20
-# Publisher fingerprint (docs/weft-pack.md): first 16 bytes of sha256 of the raw key, i.e. the
-# first 32 hex characters of the footer's key_id (the full sha256).
-PUBLISHER_HEX_CHARS = 32
 
 
 class ImageStoreError(WeftError):
@@ -81,7 +78,7 @@ class BrokenImage(BaseModel):
 
 
 def publisher_of(footer: Footer) -> str:
-    return footer.key_id[:PUBLISHER_HEX_CHARS]
+    return publisher_from_key_id(footer.key_id)
 
 
 def image_file(root: Path, app_id: str) -> Path:
@@ -131,9 +128,7 @@ def list_images(store: StorePaths) -> list[StoredImage | BrokenImage]:
 
 def system_holds(app_id: str, store: StorePaths) -> bool:
     """Whether an app with this id ships with the OS (as an image or a directory package)."""
-    system_dirs = [r for r in store.roots if r == SYSTEM_STORE]
-    return image_file(store.system_images_root, app_id).exists() or any(
-        (root / app_id / MANIFEST_NAME).exists() for root in system_dirs)
+    return store.is_system_app(app_id)
 
 
 def install_image(source: str | os.PathLike[str], store: StorePaths, trusted_keys: Sequence[VerifyKey], *,

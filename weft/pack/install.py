@@ -1,8 +1,10 @@
-"""Installing, removing and listing packages in the user's package store.
+"""Installing and removing packages in the user's package store (weft.store lists them).
 
 Install is atomic: the package is copied (or unbundled) into a staging directory on the
 store's file system, checked and optionally signature-verified *there*, then renamed into
-place. App data lives outside the package (weft.store), so uninstall keeps it unless purged.
+place. The publisher it verified (the key's fingerprint, or `unsigned`) is recorded beside
+the package, and the app's data is bound to it (weft.store). An id that ships with the OS is
+refused. App data lives outside the package, so uninstall keeps it unless purged.
 """
 from __future__ import annotations
 
@@ -15,12 +17,20 @@ from nacl.signing import VerifyKey
 from pydantic import BaseModel, ConfigDict
 
 from weft.errors import WeftError
-from weft.manifest import MANIFEST_NAME, ManifestError, load_manifest, require_app_id
+from weft.manifest import require_app_id
 from weft.pack.bundle import is_bundle_path, unbundle
 from weft.pack.check import check_package
+from weft.pack.keys import key_id
 from weft.pack.signing import verify_package
 from weft.pack.tree import copy_package
-from weft.store import StorePaths
+from weft.store import (
+    UNSIGNED,
+    InstallRecord,
+    StorePaths,
+    install_record_path,
+    publisher_from_key_id,
+    write_install_record,
+)
 
 STAGING_PREFIX = ".staging-"
 
@@ -31,6 +41,7 @@ class InstalledApp(BaseModel):
     name: str
     version: str
     path: Path
+    publisher: str
 
 
 def install_package(source: str | os.PathLike[str], store: StorePaths, *,
@@ -41,22 +52,31 @@ def install_package(source: str | os.PathLike[str], store: StorePaths, *,
     try:
         staged = unbundle(source, staging) if is_bundle_path(source) else copy_package(source, staging / "pkg")
         manifest = check_package(staged)
+        if store.is_system_app(manifest.app_id):
+            raise WeftError(f"'{manifest.app_id}' ships with the OS (system store); a user package "
+                            f"cannot replace it: give the package its own id")
+        publisher = UNSIGNED
         if trusted_key is not None:
             verify_package(staged, trusted_key)
+            publisher = publisher_from_key_id(key_id(trusted_key))
         dest = root / manifest.app_id
-        data_dir = store.app_data_dir(manifest.app_id)  # resolvable before anything is moved
-        if dest.exists():
+        data_dir = store.app_data_dir(manifest.app_id, publisher)  # resolvable before anything is moved
+        if os.path.lexists(dest):
             raise WeftError(f"package '{manifest.app_id}' is already installed at {dest}; "
                             f"uninstall it first")
+        # The record goes first: a package never appears with a stale record (one left by a
+        # crash between the two renames names no package and is replaced by the next install).
+        record = write_install_record(root, InstallRecord(app_id=manifest.app_id, publisher=publisher))
         try:
             os.rename(staged, dest)
         except OSError as exc:
+            record.unlink(missing_ok=True)
             raise WeftError(f"cannot install into {dest}: {exc.strerror}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return InstalledApp(id=manifest.app_id, name=manifest.package.name,
-                        version=manifest.package.version, path=dest)
+                        version=manifest.package.version, path=dest, publisher=publisher)
 
 
 def uninstall_package(app_id: str, store: StorePaths, *, purge: bool = False) -> Path:
@@ -66,34 +86,13 @@ def uninstall_package(app_id: str, store: StorePaths, *, purge: bool = False) ->
     if not dest.is_dir():
         raise WeftError(f"package '{app_id}' is not installed at {dest}")
     # Rename first so the package disappears at once, then delete at leisure.
-    data_dir = store.app_data_dir(app_id) if purge else None
+    data_dir = store.all_app_data(app_id) if purge else None
     doomed = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
     try:
         os.rename(dest, doomed / app_id)
     finally:
         shutil.rmtree(doomed, ignore_errors=True)
+    install_record_path(root, app_id).unlink(missing_ok=True)
     if data_dir is not None:
         shutil.rmtree(data_dir, ignore_errors=True)
     return dest
-
-
-def list_packages(store: StorePaths) -> list[InstalledApp]:
-    """Packages in every store root; the first root holding an id wins (reference §2.7)."""
-    seen: dict[str, InstalledApp] = {}
-    for root in store.roots:
-        if not root.is_dir():
-            continue
-        found = []
-        for entry in sorted(root.iterdir()):
-            if entry.name.startswith(".") or not (entry / MANIFEST_NAME).is_file():
-                continue
-            try:
-                manifest = load_manifest(entry)
-            except ManifestError:
-                continue
-            if manifest.app_id not in seen:
-                found.append(InstalledApp(id=manifest.app_id, name=manifest.package.name,
-                                          version=manifest.package.version, path=entry))
-        for app in sorted(found, key=lambda a: a.id):
-            seen.setdefault(app.id, app)
-    return list(seen.values())

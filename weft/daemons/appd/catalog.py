@@ -1,39 +1,28 @@
-"""QUERY_INSTALLED_APPS: the packages in the store roots, first root wins (reference §2.7).
+"""QUERY_INSTALLED_APPS: the packages the store resolver says exist (weft.store.list_packages).
 
-Unlike the reference, a directory whose name is not the manifest's app id, or whose
-manifest is invalid, is skipped (and logged) instead of listed.
+`weft-pack list` asks the same function, so the two never disagree. Unlike the reference, a
+broken entry (bad manifest, wrong name, an id that ships with the OS) is logged and skipped;
+it never fails the query for every client.
 """
 from __future__ import annotations
 
 import logging
 
 from weft.daemons.protocol import AppInfo
-from weft.manifest import MANIFEST_NAME, ManifestError, is_valid_app_id, load_manifest
-from weft.store import StorePaths
+from weft.store import SkippedEntry, StorePaths
+from weft.terminal import terminal_safe
 
 log = logging.getLogger("weft.appd")
+# What the previous query skipped: each problem is logged when it appears, not at every query.
+_previously_skipped: frozenset[SkippedEntry] = frozenset()
 
 
 def installed_apps(store: StorePaths) -> list[AppInfo]:
-    found: dict[str, AppInfo] = {}
-    for root in store.roots:
-        try:
-            entries = sorted(root.iterdir())
-        except OSError:
-            continue
-        for package in entries:
-            if package.name in found or not is_valid_app_id(package.name):
-                continue
-            if not (package / MANIFEST_NAME).is_file():
-                continue
-            try:
-                manifest = load_manifest(package)
-            except ManifestError as exc:
-                log.warning("skipping %s: %s", package, exc)
-                continue
-            if manifest.app_id != package.name:
-                log.warning("skipping %s: it holds %s", package, manifest.app_id)
-                continue
-            found[package.name] = AppInfo(app_id=manifest.app_id, name=manifest.package.name,
-                                          version=manifest.package.version)
-    return sorted(found.values(), key=lambda app: app.app_id)
+    global _previously_skipped
+    listing = store.list_packages()
+    for entry in listing.skipped:
+        if entry not in _previously_skipped:
+            log.warning("skipping %s: %s", terminal_safe(str(entry.path)), terminal_safe(entry.reason))
+    _previously_skipped = frozenset(listing.skipped)
+    return [AppInfo(app_id=package.app_id, name=package.manifest.package.name,
+                    version=package.manifest.package.version) for package in listing.packages]

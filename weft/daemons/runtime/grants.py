@@ -43,10 +43,12 @@ class Grants(BaseModel):
     clipboard_write: bool
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, store: StorePaths, documents: Path | None) -> Grants:
+    def from_manifest(cls, manifest: Manifest, store: StorePaths, documents: Path | None, *,
+                      publisher: str) -> Grants:
+        """`publisher`: who signed the package (weft.store); the app-data dir is bound to it."""
         roots: list[Root] = []
         if manifest.grants("fs:rw:app-data") or manifest.grants("fs:read:app-data"):
-            data_dir = store.app_data_dir(manifest.app_id)
+            data_dir = store.app_data_dir(manifest.app_id, publisher)
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             roots.append(Root(host=data_dir, guest="/data", writable=manifest.grants("fs:rw:app-data")))
         wants_documents = manifest.grants("fs:rw:xdg-documents") or manifest.grants("fs:read:xdg-documents")

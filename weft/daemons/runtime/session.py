@@ -22,7 +22,7 @@ from weft.daemons.runtime.guest_output import GuestOutput, LineBudget
 from weft.daemons.runtime.host import HostImports, build_linker
 from weft.daemons.runtime.limits import GuestLimits
 from weft.errors import WeftError
-from weft.manifest import load_manifest, resolve_inside
+from weft.manifest import resolve_inside
 from weft.settings import MemoryMib
 from weft.store import StorePaths
 
@@ -65,11 +65,11 @@ class AppSession:
         self.settings = settings
         self.relay = relay
         self.stop_requested = threading.Event()
-        package = store_paths.find_package(settings.app_id)
-        manifest = load_manifest(package)
+        installed = store_paths.resolve_package(settings.app_id)  # the store's rules, and who published it
+        package, manifest = installed.path, installed.manifest
         if manifest.app_id != settings.app_id:
             raise WeftError(f"{package} holds '{manifest.app_id}', not '{settings.app_id}'")
-        self.grants = Grants.from_manifest(manifest, store_paths, documents)
+        self.grants = Grants.from_manifest(manifest, store_paths, documents, publisher=installed.publisher)
         self.component = cache.load(resolve_inside(package, manifest.runtime.module))
         self.portal = PortalClient(self.grants)
         budget = LineBudget(settings.session_id)  # one budget for both streams
