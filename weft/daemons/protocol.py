@@ -349,7 +349,7 @@ class Client:
 MOUNTD_MAX_REQUEST_BYTES = 4096
 
 
-class MountReason(str, enum.Enum):
+class MountReason(enum.StrEnum):
     """Why a mountd request failed: stable strings that appd passes on to its clients."""
 
     NOT_INSTALLED = "not_installed"
