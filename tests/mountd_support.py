@@ -105,7 +105,7 @@ class FakeKernel:
 
     def dm_create(self, name: str, uuid: str) -> Dev:
         self._enter("dm_create")
-        if name in self.dms:
+        if name in self.dms or any(dm.uuid == uuid for dm in self.dms.values()):  # both unique, as in the kernel
             raise KernelError(f"DM_DEV_CREATE {name} failed: {os.strerror(errno.EBUSY)}", errno.EBUSY)
         dev = (DM_MAJOR, self.next_minor)
         self.next_minor += 1

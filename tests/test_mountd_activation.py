@@ -20,7 +20,8 @@ from weft.daemons.mountd.activation import (
 )
 from weft.daemons.mountd.errors import MountdError
 from weft.daemons.protocol import MountReason
-from weft.pack.footer import TRAILER, read_footer
+from weft.pack.footer import TRAILER, read_footer, seal_footer
+from weft.pack.keys import load_signing_key
 from weft.rollback import RollbackRecord, RollbackRecordError
 
 SETUP_ORDER = ["attach_loop", "dm_create", "dm_load", "release_loop", "dm_resume", "read_dm", "mount_erofs"]
@@ -39,7 +40,11 @@ def test_activation_sets_up_verity_over_the_image_and_mounts_it(device: Device) 
     path = device.install()
     footer = read_footer(path).footer
     v = footer.verity
-    active = activate(device.kernel, device.config, APP)
+    old_umask = os.umask(0o077)  # the unit's umask must not make the mount point private
+    try:
+        active = activate(device.kernel, device.config, APP)
+    finally:
+        os.umask(old_umask)
     kernel = device.kernel
     assert kernel.privileged_calls() == SETUP_ORDER
     assert active == ActiveMount(app_id=APP, version="1.0.0", root_hash=v.root_hash,
@@ -52,10 +57,11 @@ def test_activation_sets_up_verity_over_the_image_and_mounts_it(device: Device) 
     assert (target.start, target.length, target.target_type) == (0, v.data_blocks * 8, "verity")
     hash_start = (v.hash_offset + 4096) // 4096  # past the superblock block
     assert target.text == (f"1 7:0 7:0 4096 4096 {v.data_blocks} {hash_start} sha256 {v.root_hash} {v.salt}")
-    assert kernel.dms[dm_name(APP)].uuid == dm_uuid(v.root_hash, "1.0.0")
+    assert kernel.dms[dm_name(APP)].uuid == dm_uuid(APP, v.root_hash, "1.0.0")
     (point,) = kernel.mount_list
     assert point.target == device.config.mount_root / APP and point.dev == (253, 0)
-    assert oct((device.config.mount_root / APP).stat().st_mode & 0o777) == "0o755"
+    for directory in (device.config.mount_root, device.config.mount_root / APP):
+        assert oct(directory.stat().st_mode & 0o777) == "0o755"
     assert RollbackRecord(device.config.rollback_record).highest(APP) == "1.0.0"
 
 
@@ -69,9 +75,11 @@ def test_deactivation_leaves_nothing(device: Device) -> None:
 
 def test_uuid_carries_the_version_for_a_restarted_helper() -> None:
     root = "ab" * 32
-    assert version_from_uuid(dm_uuid(root, "1.2-rc.1"), root) == "1.2-rc.1"
-    assert version_from_uuid(dm_uuid(root, "1.2"), "cd" * 32) is None
-    assert len(dm_uuid(root, "9" * 64)) < 129  # DM_UUID_LEN
+    assert version_from_uuid(dm_uuid(APP, root, "1.2-rc.1"), APP, root) == "1.2-rc.1"
+    assert version_from_uuid(dm_uuid(APP, root, "1.2"), APP, "cd" * 32) is None
+    assert version_from_uuid(dm_uuid(APP, root, "1.2"), OTHER_APP, root) is None
+    assert dm_uuid(APP, root, "1") != dm_uuid(OTHER_APP, root, "1")
+    assert len(dm_uuid(APP, root, "9" * 64)) < 129  # DM_UUID_LEN
 
 
 # ---- refused before anything privileged ---------------------------------------------------------
@@ -246,6 +254,26 @@ def test_verified_data_that_is_not_erofs(device: Device) -> None:
     device.install()
     device.kernel.block0 = bytes(4096)
     assert "not an EROFS" in _refused(device, MountReason.BAD_IMAGE)
+
+
+def test_signed_footer_with_another_mounted_apps_root_hash(device: Device) -> None:
+    """A trusted publisher's footer naming the root hash of another app that is mounted: the
+    device uuid must not collide (that would block the activation with a misleading error);
+    the read through dm-verity refuses it."""
+    device.install(OTHER_APP)
+    activate(device.kernel, device.config, OTHER_APP)
+    good = device.images.get()
+    signed, other = read_footer(good), read_footer(device.images.get(OTHER_APP)).footer
+    forged = signed.footer.model_copy(update={"verity": signed.footer.verity.model_copy(
+        update={"root_hash": other.verity.root_hash})})
+    key = load_signing_key(device.images.key)
+    device.install(source=good)
+    device.tamper(APP, lambda raw: raw[:signed.footer.footer_offset] + seal_footer(forged, key))
+    device.kernel.read_errno = errno.EIO  # what dm-verity answers: block 0 does not hash to that root
+    with pytest.raises(MountdError) as info:
+        activate(device.kernel, device.config, APP)
+    assert info.value.reason == MountReason.CORRUPTED, str(info.value)
+    assert list(device.kernel.dms) == [dm_name(OTHER_APP)]
 
 
 # ---- every privileged step failing cleans up ----------------------------------------------------

@@ -185,8 +185,9 @@ def test_listen_fds_takes_only_sockets_meant_for_this_process() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     return subprocess.run([sys.executable, "-m", "weft.daemons.mountd", *args], check=False, capture_output=True,
-                          text=True, timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")})
+                          text=True, timeout=60, env=env)
 
 
 def test_cli_help() -> None:

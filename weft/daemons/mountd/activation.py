@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -73,14 +74,20 @@ def dm_name(app_id: str) -> str:
     return DM_PREFIX + app_id
 
 
-def dm_uuid(root_hash: str, version: str) -> str:
-    """Names the image on the device itself, so a restarted helper can say what is mounted."""
-    return f"{UUID_PREFIX}{root_hash[:32]}-{version}"
+def dm_uuid(app_id: str, root_hash: str, version: str) -> str:
+    """Names the image on the device itself, so a restarted helper can say what is mounted.
+    Device-mapper uuids are unique like names, so the app id is part of it: two apps whose
+    footers name the same root hash must not block each other."""
+    return f"{UUID_PREFIX}{_uuid_key(app_id, root_hash)}-{version}"
 
 
-def version_from_uuid(uuid: str, root_hash: str) -> str | None:
-    prefix = f"{UUID_PREFIX}{root_hash[:32]}-"
+def version_from_uuid(uuid: str, app_id: str, root_hash: str) -> str | None:
+    prefix = f"{UUID_PREFIX}{_uuid_key(app_id, root_hash)}-"
     return uuid[len(prefix):] if uuid.startswith(prefix) and len(uuid) > len(prefix) else None
+
+
+def _uuid_key(app_id: str, root_hash: str) -> str:
+    return hashlib.sha256(f"{app_id}\n{root_hash}".encode()).hexdigest()[:32]
 
 
 def check_app_id_fits(app_id: str) -> None:
@@ -200,7 +207,7 @@ def _undo_on_failure() -> Iterator[Callable[[Callable[[], object], str], None]]:
         for step, what in reversed(steps):
             try:
                 step()
-            except Exception as exc:  # noqa: BLE001 - keep undoing the rest; reconcile catches what is left
+            except Exception as exc:
                 log.error("clean-up step '%s' failed: %s", what, exc)
         raise
 
@@ -230,7 +237,7 @@ def _set_up(kernel: Kernel, config: MountdConfig, image: OpenImage, footer: Foot
     with _undo_on_failure() as undo:
         loop = _step(lambda: kernel.attach_loop(image.fd, v.hash_offset + v.hash_size, f"weft-app:{footer.app_id}"))
         try:
-            dev = _step(lambda: kernel.dm_create(name, dm_uuid(v.root_hash, footer.version)),
+            dev = _step(lambda: kernel.dm_create(name, dm_uuid(footer.app_id, v.root_hash, footer.version)),
                         busy=f"a device for {footer.app_id} still exists (a previous mount is being torn down)")
             undo(lambda: _remove_dm(kernel, config, name), f"remove {name}")
             _step(lambda: kernel.dm_load(name, [verity_target(footer, loop.dev)]))
@@ -286,7 +293,9 @@ def _check_verity(kernel: Kernel, name: str, dev: Dev, path: Path) -> None:
 def _make_mountpoint(root: Path, path: Path) -> None:
     try:
         root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(root, 0o755)  # whatever the umask: appd's user must reach the files
         path.mkdir(mode=0o755)
+        os.chmod(path, 0o755)
     except FileExistsError:
         # Left by a helper that died before its rmdir: reusable only as an empty, unmounted directory.
         if path.is_symlink() or not path.is_dir() or os.path.ismount(path) or any(path.iterdir()):

@@ -115,8 +115,8 @@ class DeviceMapper:
             try:
                 fcntl.ioctl(self._control(), _request(command), buf, True)
             except OSError as exc:
-                what = _COMMAND_NAMES.get(command, str(command))
-                raise KernelError(f"{what}{' ' + name if name else ''} failed: {exc.strerror}", exc.errno or 0) from None
+                what = " ".join(filter(None, [_COMMAND_NAMES.get(command, str(command)), name]))
+                raise KernelError(f"{what} failed: {exc.strerror}", exc.errno or 0) from None
             header = _HEADER.unpack_from(buf, 0)
             if header[7] & DM_BUFFER_FULL_FLAG and size < MAX_OUT_BUFFER:
                 size *= 4

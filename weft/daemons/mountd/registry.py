@@ -191,7 +191,7 @@ class Registry:
             return None
         point = here[0]
         if (point.target != path or point.dev != dev or point.fstype != "erofs"
-                or not APP_MOUNT_OPTIONS <= point.options):
+                or not point.options >= APP_MOUNT_OPTIONS):
             return None
         name = dm_name(app_id)
         try:
@@ -208,7 +208,7 @@ class Registry:
         if len(fields) < 10 or fields[1] != fields[2] or not _HEX64.match(fields[8]):
             return None
         major, _, minor = fields[1].partition(":")
-        version = version_from_uuid(info.uuid, fields[8])
+        version = version_from_uuid(info.uuid, app_id, fields[8])
         if major != str(LOOP_MAJOR) or not minor.isdigit() or version is None or not VERSION_RE.fullmatch(version):
             return None
         return ActiveMount(app_id=app_id, version=version, root_hash=fields[8], mount_path=path, dm_name=name,
