@@ -15,6 +15,12 @@ from typing import NoReturn
 
 from weft import settings
 from weft.errors import WeftError
+from weft.terminal import terminal_safe
+
+
+def _safe_lines(text: str) -> str:
+    """Messages quote package names and file names: escape controls, keep the message's own lines."""
+    return "\n".join(terminal_safe(line) for line in text.split("\n"))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -39,7 +45,7 @@ class PlainFormatter(logging.Formatter):
     """The message alone, as a progress line; warnings and errors say what they are."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = super().format(record)
+        message = _safe_lines(super().format(record))
         if record.levelno >= logging.ERROR:
             return f"error: {message}"
         if record.levelno >= logging.WARNING:
@@ -76,14 +82,14 @@ def run_cli(entry: Callable[[Sequence[str]], int | None], argv: Sequence[str] | 
         except WeftError as exc:
             if debug:
                 raise
-            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.write(f"error: {_safe_lines(str(exc))}\n")
             return exc.exit_code
         except BrokenPipeError:
             return 1
         except OSError as exc:  # a file-system failure the user can act on: say which file and why
             if debug:
                 raise
-            sys.stderr.write(f"error: {exc.filename or 'file system'}: {exc.strerror or exc}\n")
+            sys.stderr.write(_safe_lines(f"error: {exc.filename or 'file system'}: {exc.strerror or exc}") + "\n")
             return 1
         except KeyboardInterrupt:
             sys.stderr.write("error: interrupted\n")

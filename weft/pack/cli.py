@@ -16,11 +16,22 @@ from weft.terminal import terminal_safe
 
 
 def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    """Print lines; each goes through terminal_safe, so nothing a package says can drive the terminal.
+
+    Package-provided values are also escaped where they are formatted (`_shown`), so a newline
+    inside one cannot forge an output line either. JSON output passes unchanged: json.dumps
+    escapes every control character itself.
+    """
+    sys.stdout.write("\n".join(terminal_safe(line) for line in text.split("\n")) + "\n")
 
 
 def _warn(text: str) -> None:
     sys.stderr.write(f"warning: {terminal_safe(text)}\n")
+
+
+def _shown(value: object) -> str:
+    """A package-provided value for a human-readable line: one line, controls escaped."""
+    return terminal_safe(str(value))
 
 
 def cmd_check(args) -> int:
@@ -54,7 +65,7 @@ def cmd_info(args) -> int:
     rows += [("cap", cap) for cap in p.capabilities]
     for label, value in rows:
         if value is not None:
-            _out(f"{label + ':':<8} {value}")
+            _out(f"{label + ':':<8} {_shown(value)}")
     return 0
 
 
@@ -68,7 +79,7 @@ def _print_image_info(image, as_json: bool) -> int:
             ("data size", f"{image.data_size} bytes"), ("hash size", f"{image.hash_size} bytes")]
     for label, value in rows:
         if value is not None:
-            _out(f"{label + ':':<11} {value}")
+            _out(f"{label + ':':<11} {_shown(value)}")
     _out("(from the footer; install and verify-image check the signature and every block)")
     return 0
 
@@ -114,7 +125,7 @@ def cmd_install(args) -> int:
         raise UsageError("--key is only used with --require-signature")
     key = load_verify_key(args.key) if args.require_signature else None
     app = install_package(args.source, StorePaths.from_env(), trusted_key=key)
-    _out(f"installed {app.id} (publisher {app.publisher}) -> {app.path}")
+    _out(f"installed {app.id} (publisher {app.publisher}) -> {_shown(app.path)}")
     return 0
 
 
@@ -182,10 +193,10 @@ def cmd_list(args) -> int:
         _out("no apps installed")
     else:
         for app in apps:
-            _out(f"{app.app_id}  {app.manifest.package.name}  {app.manifest.package.version}")
+            _out(f"{app.app_id}  {_shown(app.manifest.package.name)}  {app.manifest.package.version}")
         for image in images:
             if isinstance(image, BrokenImage):
-                _out(f"{terminal_safe(image.id)}  image ({image.store}), unusable: {terminal_safe(image.problem)}")
+                _out(f"{_shown(image.id)}  image ({image.store}), unusable: {_shown(image.problem)}")
             else:
                 _out(f"{image.id}  {image.version}  image ({image.store})")
     return 0
