@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from weft.errors import WeftError
 
@@ -154,7 +155,7 @@ class Manifest(BaseModel):
         )
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     if error["type"] == "value_error":
         msg = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
