@@ -13,8 +13,15 @@ import pytest
 
 from weft.pack.footer import FooterError, FooterSignatureError, read_footer
 from weft.pack.image import ImageError, build_image
-from weft.pack.image_store import (BrokenImage, ImageStoreError, StoredImage, find_image, install_image,
-                                   list_images, uninstall_image)
+from weft.pack.image_store import (
+    BrokenImage,
+    ImageStoreError,
+    StoredImage,
+    find_image,
+    install_image,
+    list_images,
+    uninstall_image,
+)
 from weft.pack.keys import key_id, load_signing_key, load_verify_key
 from weft.rollback import RollbackError, RollbackRecord, RollbackRecordError, VersionOrderError
 from weft.store import DEVICE_IMAGE_STORE, StorePaths

@@ -90,7 +90,7 @@ class Footer(BaseModel):
     key_id: Hex32
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Footer":
+    def _consistent(self) -> Footer:
         v = self.verity
         if self.data_size != v.data_blocks * v.data_block_size:
             raise ValueError("data_size is not data_blocks * data_block_size")

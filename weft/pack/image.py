@@ -21,8 +21,16 @@ from nacl.signing import SigningKey, VerifyKey
 from weft.errors import WeftError
 from weft.manifest import MANIFEST_NAME, ManifestError, parse_manifest
 from weft.pack.check import check_package
-from weft.pack.footer import (BLOCK_SIZE, Footer, SignedFooter, VerityInfo, manifest_digest, read_footer,
-                              seal_footer, verify_footer_signature)
+from weft.pack.footer import (
+    BLOCK_SIZE,
+    Footer,
+    SignedFooter,
+    VerityInfo,
+    manifest_digest,
+    read_footer,
+    seal_footer,
+    verify_footer_signature,
+)
 from weft.pack.keys import key_id
 from weft.pack.tree import copy_package
 from weft.proc import find_tool, run

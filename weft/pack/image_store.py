@@ -60,7 +60,7 @@ class StoredImage(BaseModel):
     hash_size: int
 
     @classmethod
-    def from_footer(cls, signed: SignedFooter, path: Path, store: StoreName | None) -> "StoredImage":
+    def from_footer(cls, signed: SignedFooter, path: Path, store: StoreName | None) -> StoredImage:
         f = signed.footer
         return cls(id=f.app_id, version=f.version, store=store, path=path, publisher=publisher_of(f),
                    key_id=f.key_id, root_hash=f.verity.root_hash, file_size=signed.file_size,
