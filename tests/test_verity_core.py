@@ -9,9 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weft.verity import (VerityError, VerityMismatch, VerityParams, compute_layout, decode_superblock,
-                         encode_superblock, format_hash, verify_hash)
-from weft.verity import hashing
+from weft.verity import (
+    VerityError,
+    VerityMismatch,
+    VerityParams,
+    compute_layout,
+    decode_superblock,
+    encode_superblock,
+    format_hash,
+    hashing,
+    verify_hash,
+)
 
 SMALL = VerityParams(salt=bytes(range(32)), data_block_size=512, hash_block_size=512,
                      uuid=uuid.UUID(int=7))

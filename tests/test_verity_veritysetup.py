@@ -9,7 +9,6 @@ import pytest
 
 from weft.verity import VerityParams, format_hash, read_superblock, verify_hash
 
-
 UUID = uuid.UUID("0f2f1d6e-3b0a-4e55-9d6c-1a2b3c4d5e6f")
 
 # (hash, format, data block, hash block, superblock, salt bytes, data blocks)

@@ -10,14 +10,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from weft.pack.footer import (TRAILER, Footer, FooterError, FooterSignatureError, VerityInfo, load_trusted_keys,
-                              parse_footer, read_footer, seal_footer, verify_footer_signature)
+from weft.pack.footer import (
+    TRAILER,
+    Footer,
+    FooterError,
+    FooterSignatureError,
+    VerityInfo,
+    load_trusted_keys,
+    parse_footer,
+    read_footer,
+    seal_footer,
+    verify_footer_signature,
+)
+from weft.pack.image import ImageError, build_image, image_uuid, verify_image
+from weft.pack.keys import key_id, load_signing_key, load_verify_key
 from weft.pack.tree import walk_package
 from weft.verity import VerityParams, compute_layout
 from weft.verity.erofs import ErofsError, read_erofs_file
-from weft.pack.image import ImageError, build_image, image_uuid, verify_image
-from weft.pack.keys import key_id, load_signing_key, load_verify_key
-
 
 
 def _quiet(_message: str) -> None:

@@ -7,11 +7,12 @@ root hash, on a named hash-tree block, or on a named data block.
 from __future__ import annotations
 
 import os
+
 from weft.verity.format import check_no_overlap, device_size, same_file
 from weft.verity.hashing import BlockHasher, default_workers, hash_level
-from weft.verity.params import (SUPERBLOCK_SIZE, TreeLayout, VerityError, VerityMismatch, VerityParams,
-                                compute_layout)
+from weft.verity.params import SUPERBLOCK_SIZE, TreeLayout, VerityError, VerityMismatch, VerityParams, compute_layout
 from weft.verity.superblock import Superblock, decode_superblock, encode_superblock
+
 
 def read_superblock(hash_path: str | os.PathLike[str], hash_offset: int = 0) -> Superblock:
     try:
