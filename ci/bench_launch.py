@@ -25,7 +25,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_examples import EXAMPLES, build_package  # noqa: E402
+from build_examples import EXAMPLES, build_package
 
 COUNTER = "org.weft.demo.counter"
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from platform_support import APP_SOURCES
 
-from weft.image import guests
-
 from weft.daemons.protocol import TerminateApp
+from weft.image import guests
 
 
 def test_counter_commands(env, built_apps, runtime_factory):

@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 
 from weft.errors import WeftError
-from weft.image.apps import (SHIPPED_APPS, TEST_KEY, generate_release_key, prepare_apps, release_key_path,
-                             shipped_sources, signing_key_for)
+from weft.image.apps import (
+    SHIPPED_APPS,
+    TEST_KEY,
+    generate_release_key,
+    prepare_apps,
+    release_key_path,
+    shipped_sources,
+    signing_key_for,
+)
 from weft.image.guests import repo_cache
 from weft.pack.footer import load_trusted_keys
 from weft.pack.image import verify_image

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from weft.rollback import (RollbackError, RollbackRecord, RollbackRecordError, VersionOrderError, compare_versions,
-                           version_key)
+from weft.rollback import (
+    RollbackError,
+    RollbackRecord,
+    RollbackRecordError,
+    VersionOrderError,
+    compare_versions,
+    version_key,
+)
 
 
 @pytest.fixture
@@ -105,4 +111,4 @@ def test_concurrent_writers_lose_no_entry(record):
         w.start()
     for w in workers:
         w.join(30)
-    assert record.load() == {app: "1.29" for app in apps}
+    assert record.load() == dict.fromkeys(apps, "1.29")
