@@ -16,13 +16,14 @@ from weft.daemons.mountd.activation import (
     deactivate,
     dm_name,
     dm_uuid,
-    version_from_uuid,
+    parse_dm_uuid,
 )
 from weft.daemons.mountd.errors import MountdError
 from weft.daemons.protocol import MountReason
 from weft.pack.footer import TRAILER, read_footer, seal_footer
-from weft.pack.keys import load_signing_key
+from weft.pack.keys import key_id, load_signing_key, load_verify_key
 from weft.rollback import RollbackRecord, RollbackRecordError
+from weft.store import publisher_from_key_id
 
 SETUP_ORDER = ["attach_loop", "dm_create", "dm_load", "release_loop", "dm_resume", "read_dm", "mount_erofs"]
 
@@ -48,6 +49,7 @@ def test_activation_sets_up_verity_over_the_image_and_mounts_it(device: Device) 
     kernel = device.kernel
     assert kernel.privileged_calls() == SETUP_ORDER
     assert active == ActiveMount(app_id=APP, version="1.0.0", root_hash=v.root_hash,
+                                 publisher=publisher_from_key_id(footer.key_id),
                                  mount_path=device.config.mount_root / APP, dm_name=f"weft-app-{APP}",
                                  dm_dev=(253, 0), loop="/dev/loop0", system=False)
     # The loop device ends where the footer begins (sized on purpose, not by the file).
@@ -57,7 +59,9 @@ def test_activation_sets_up_verity_over_the_image_and_mounts_it(device: Device) 
     assert (target.start, target.length, target.target_type) == (0, v.data_blocks * 8, "verity")
     hash_start = (v.hash_offset + 4096) // 4096  # past the superblock block
     assert target.text == (f"1 7:0 7:0 4096 4096 {v.data_blocks} {hash_start} sha256 {v.root_hash} {v.salt}")
-    assert kernel.dms[dm_name(APP)].uuid == dm_uuid(APP, v.root_hash, "1.0.0")
+    publisher = publisher_from_key_id(footer.key_id)
+    assert active.publisher == publisher == publisher_from_key_id(key_id(load_verify_key(device.images.pub)))
+    assert kernel.dms[dm_name(APP)].uuid == dm_uuid(APP, v.root_hash, publisher, "1.0.0")
     (point,) = kernel.mount_list
     assert point.target == device.config.mount_root / APP and point.dev == (253, 0)
     for directory in (device.config.mount_root, device.config.mount_root / APP):
@@ -73,13 +77,14 @@ def test_deactivation_leaves_nothing(device: Device) -> None:
     assert not active.mount_path.exists()
 
 
-def test_uuid_carries_the_version_for_a_restarted_helper() -> None:
-    root = "ab" * 32
-    assert version_from_uuid(dm_uuid(APP, root, "1.2-rc.1"), APP, root) == "1.2-rc.1"
-    assert version_from_uuid(dm_uuid(APP, root, "1.2"), APP, "cd" * 32) is None
-    assert version_from_uuid(dm_uuid(APP, root, "1.2"), OTHER_APP, root) is None
-    assert dm_uuid(APP, root, "1") != dm_uuid(OTHER_APP, root, "1")
-    assert len(dm_uuid(APP, root, "9" * 64)) < 129  # DM_UUID_LEN
+def test_uuid_carries_publisher_and_version_for_a_restarted_helper() -> None:
+    root, publisher = "ab" * 32, "0123456789abcdef" * 2
+    assert parse_dm_uuid(dm_uuid(APP, root, publisher, "1.2-rc.1"), APP, root) == (publisher, "1.2-rc.1")
+    assert parse_dm_uuid(dm_uuid(APP, root, publisher, "1.2"), APP, "cd" * 32) is None
+    assert parse_dm_uuid(dm_uuid(APP, root, publisher, "1.2"), OTHER_APP, root) is None
+    assert parse_dm_uuid(dm_uuid(APP, root, "nope", "1.2"), APP, root) is None
+    assert dm_uuid(APP, root, publisher, "1") != dm_uuid(OTHER_APP, root, publisher, "1")
+    assert len(dm_uuid(APP, root, publisher, "9" * 64)) < 129  # DM_UUID_LEN
 
 
 # ---- refused before anything privileged ---------------------------------------------------------

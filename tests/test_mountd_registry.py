@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mountd_support import APP, OTHER_APP, Device
 
-from weft.daemons.mountd.activation import activate, dm_name
+from weft.daemons.mountd.activation import ActiveMount, activate, dm_name
 from weft.daemons.mountd.devmapper import DmTarget
 from weft.daemons.mountd.registry import Registry
 from weft.daemons.mountd.syscalls import MountPoint
@@ -135,19 +135,20 @@ def test_a_failed_teardown_is_retried_by_the_sweep(registry: Registry, device: D
 
 # ---- reconcile at start-up ---------------------------------------------------------------------
 
-def _left_by_a_killed_helper(device: Device, app_id: str = APP) -> None:
+def _left_by_a_killed_helper(device: Device, app_id: str = APP) -> ActiveMount:
     device.install(app_id)
-    activate(device.kernel, device.config, app_id)
+    return activate(device.kernel, device.config, app_id)
 
 
 def test_reconcile_adopts_a_complete_mount(device: Device, clock: Clock) -> None:
-    _left_by_a_killed_helper(device)
+    left = _left_by_a_killed_helper(device)
     registry = Registry(device.kernel, device.config, clock)
     registry.reconcile()
     (entry,) = registry.list_mounts().mounts
     assert (entry.app_id, entry.version, entry.refs, entry.loop) == (APP, "1.0.0", 0, "/dev/loop0")
+    assert registry.entries[APP].active == left  # publisher and version come back from the dm uuid
     # appd claims it again: no second activation
-    _mounted(registry, 7)
+    assert _mounted(registry, 7).publisher == left.publisher
     assert device.kernel.calls.count("attach_loop") == 1 and not registry.has_orphans()
     registry.release_connection(7)
     assert device.kernel.leftovers() == []

@@ -438,6 +438,9 @@ def parse_mountd_request(data: Any) -> MountApp | UnmountApp | ListMounts | Chec
         raise ProtocolError("a mountd request must be a map")
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in MOUNTD_REQUEST_TYPES:
+    # The fingerprint (weft.store.publisher_from_key_id) of the trusted key that verified the
+    # image: appd binds the app's data to it. Optional on the wire; appd refuses a mount without it.
+    publisher: str | None = None
         raise ProtocolError(f"unknown mountd request type {str(kind)[:40]!r}")
     try:
         return _MOUNTD_REQUEST.validate_python(data)

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import stat
 import struct
 import time
@@ -30,6 +31,7 @@ from weft.daemons.mountd.errors import KernelError, MountdError
 from weft.daemons.mountd.kernel import Dev, DmTarget, Kernel
 from weft.daemons.protocol import MountReason
 from weft.errors import WeftError
+from weft.manifest import VERSION_RE
 from weft.pack.footer import (
     Footer,
     FooterError,
@@ -41,6 +43,7 @@ from weft.pack.footer import (
 )
 from weft.pack.keys import key_id
 from weft.rollback import RollbackError, RollbackRecord, RollbackRecordError, VersionOrderError
+from weft.store import PUBLISHER_HEX_CHARS, publisher_from_key_id
 from weft.verity import compute_layout, encode_superblock
 
 log = logging.getLogger("weft.mountd")
@@ -63,6 +66,7 @@ class ActiveMount:
     app_id: str
     version: str
     root_hash: str
+    publisher: str  # fingerprint of the trusted key that verified it (weft.store.publisher_from_key_id)
     mount_path: Path
     dm_name: str
     dm_dev: Dev
@@ -74,20 +78,26 @@ def dm_name(app_id: str) -> str:
     return DM_PREFIX + app_id
 
 
-def dm_uuid(app_id: str, root_hash: str, version: str) -> str:
-    """Names the image on the device itself, so a restarted helper can say what is mounted.
-    Device-mapper uuids are unique like names, so the app id is part of it: two apps whose
-    footers name the same root hash must not block each other."""
-    return f"{UUID_PREFIX}{_uuid_key(app_id, root_hash)}-{version}"
+def dm_uuid(app_id: str, root_hash: str, publisher: str, version: str) -> str:
+    """Names the image on the device itself, so a restarted helper can say what is mounted and
+    who signed it. Device-mapper uuids are unique like names, so the app id is part of the key:
+    two apps whose footers name the same root hash must not block each other."""
+    return f"{UUID_PREFIX}{_uuid_key(app_id, root_hash)}-{publisher}-{version}"
 
 
-def version_from_uuid(uuid: str, app_id: str, root_hash: str) -> str | None:
+def parse_dm_uuid(uuid: str, app_id: str, root_hash: str) -> tuple[str, str] | None:
+    """(publisher, version) from a uuid `dm_uuid` made for this app and root hash, else None."""
     prefix = f"{UUID_PREFIX}{_uuid_key(app_id, root_hash)}-"
-    return uuid[len(prefix):] if uuid.startswith(prefix) and len(uuid) > len(prefix) else None
+    if not uuid.startswith(prefix):
+        return None
+    publisher, _, version = uuid[len(prefix):].partition("-")
+    if not re.fullmatch(f"[0-9a-f]{{{PUBLISHER_HEX_CHARS}}}", publisher) or not VERSION_RE.fullmatch(version):
+        return None
+    return publisher, version
 
 
 def _uuid_key(app_id: str, root_hash: str) -> str:
-    return hashlib.sha256(f"{app_id}\n{root_hash}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{app_id}\n{root_hash}".encode()).hexdigest()[:16]
 
 
 def check_app_id_fits(app_id: str) -> None:
@@ -207,7 +217,7 @@ def _undo_on_failure() -> Iterator[Callable[[Callable[[], object], str], None]]:
         for step, what in reversed(steps):
             try:
                 step()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep undoing the rest; reconcile catches what is left
                 log.error("clean-up step '%s' failed: %s", what, exc)
         raise
 
@@ -234,10 +244,12 @@ def _set_up(kernel: Kernel, config: MountdConfig, image: OpenImage, footer: Foot
     v = footer.verity
     name = dm_name(footer.app_id)
     mount_path = config.mount_root / footer.app_id
+    publisher = publisher_from_key_id(footer.key_id)
     with _undo_on_failure() as undo:
         loop = _step(lambda: kernel.attach_loop(image.fd, v.hash_offset + v.hash_size, f"weft-app:{footer.app_id}"))
         try:
-            dev = _step(lambda: kernel.dm_create(name, dm_uuid(footer.app_id, v.root_hash, footer.version)),
+            uuid = dm_uuid(footer.app_id, v.root_hash, publisher, footer.version)
+            dev = _step(lambda: kernel.dm_create(name, uuid),
                         busy=f"a device for {footer.app_id} still exists (a previous mount is being torn down)")
             undo(lambda: _remove_dm(kernel, config, name), f"remove {name}")
             _step(lambda: kernel.dm_load(name, [verity_target(footer, loop.dev)]))
@@ -252,7 +264,7 @@ def _set_up(kernel: Kernel, config: MountdConfig, image: OpenImage, footer: Foot
         # The read above may have raced a corruption report: look once more now it is mounted.
         if verity_state(kernel, name) != VERITY_OK:
             raise MountdError(MountReason.CORRUPTED, f"{image.path}: dm-verity reports corruption")
-        return ActiveMount(app_id=footer.app_id, version=footer.version, root_hash=v.root_hash,
+        return ActiveMount(app_id=footer.app_id, version=footer.version, root_hash=v.root_hash, publisher=publisher,
                            mount_path=mount_path, dm_name=name, dm_dev=dev, loop=loop.path, system=image.system)
 
 

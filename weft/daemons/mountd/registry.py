@@ -25,9 +25,9 @@ from weft.daemons.mountd.activation import (
     check_app_id_fits,
     deactivate,
     dm_name,
+    parse_dm_uuid,
     teardown,
     verity_state,
-    version_from_uuid,
 )
 from weft.daemons.mountd.config import MountdConfig
 from weft.daemons.mountd.errors import KernelError, MountdError
@@ -48,7 +48,7 @@ from weft.daemons.protocol import (
     UnmountApp,
 )
 from weft.errors import WeftError
-from weft.manifest import VERSION_RE, is_valid_app_id
+from weft.manifest import is_valid_app_id
 from weft.rollback import RollbackRecord
 
 log = logging.getLogger("weft.mountd")
@@ -109,7 +109,8 @@ class Registry:
         entry.refs[conn] += 1
         entry.orphan_since = None
         a = entry.active
-        return AppMounted(app_id=app_id, version=a.version, root_hash=a.root_hash, mount_path=str(a.mount_path))
+        return AppMounted(app_id=app_id, version=a.version, root_hash=a.root_hash, mount_path=str(a.mount_path),
+                          publisher=a.publisher)
 
     def unmount(self, conn: int, app_id: str) -> AppUnmounted:
         entry = self.entries.get(app_id)
@@ -208,11 +209,12 @@ class Registry:
         if len(fields) < 10 or fields[1] != fields[2] or not _HEX64.match(fields[8]):
             return None
         major, _, minor = fields[1].partition(":")
-        version = version_from_uuid(info.uuid, app_id, fields[8])
-        if major != str(LOOP_MAJOR) or not minor.isdigit() or version is None or not VERSION_RE.fullmatch(version):
+        named = parse_dm_uuid(info.uuid, app_id, fields[8])
+        if major != str(LOOP_MAJOR) or not minor.isdigit() or named is None:
             return None
-        return ActiveMount(app_id=app_id, version=version, root_hash=fields[8], mount_path=path, dm_name=name,
-                           dm_dev=dev, loop=f"/dev/loop{minor}", system=False)
+        publisher, version = named
+        return ActiveMount(app_id=app_id, version=version, root_hash=fields[8], publisher=publisher, mount_path=path,
+                           dm_name=name, dm_dev=dev, loop=f"/dev/loop{minor}", system=False)
 
     def _record(self, active: ActiveMount) -> None:
         """A helper killed between mount and record left the version unrecorded: record it now."""
