@@ -105,7 +105,7 @@ def test_verity_cli_format_and_verify(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["format", "/nonexistent", "/nonexistent-hash"], "cannot"),
+    (["format", "{tmp}/missing", "{tmp}/hash"], "cannot"),
     (["format", "/etc/hostname", "/dev/null", "--salt", "zz"], "salt must be hexadecimal"),
     (["format", "/etc/hostname", "/dev/null", "--data-block-size", "999"], "block size 999"),
     (["verify", "/etc/hostname", "/etc/hostname", "00"], "superblock"),
@@ -114,7 +114,8 @@ def test_verity_cli_format_and_verify(tmp_path):
     (["format", "/etc/hostname", "/dev/null", "--data-blocks", "999999"], "999999 requested"),
     (["verify", "/etc/hostname", "/etc", "00"], "Is a directory"),
 ])
-def test_verity_cli_bad_input(argv, message):
+def test_verity_cli_bad_input(argv, message, tmp_path):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
     assert failed_cleanly(run([*VERITY, *argv]), message)
 
 
@@ -131,7 +132,7 @@ def test_fuzz_command_lines_never_raise(data, tmp_path, monkeypatch, sample_pack
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\0asm" + bytes(range(256)) * 40)
     operands = [str(sample_package), str(keypair[0]), str(keypair[1]), str(junk), str(tmp_path),
-                "/nonexistent", "com.example.notes", "", "-", "ab" * 32, "0", "-1", "../x"]
+                "nonexistent", "com.example.notes", "", "-", "ab" * 32, "0", "-1", "../x"]
     options = ["--key", "--json", "--out", "--force", "--purge", "--require-signature", "--app-id",
                "--salt", "--hash-offset", "--data-blocks", "--no-superblock", "--format", "--hash"]
     main, commands = data.draw(st.sampled_from([(pack_main, PACK_COMMANDS), (verity_main, ["format", "verify"])]))
