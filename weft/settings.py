@@ -43,6 +43,9 @@ Seconds = Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
 #: `required`: every runtime runs in its own cgroup below appd's delegated one, or appd does
 #: not start; `off`: no cgroups (developer hosts without delegation).
 CgroupMode = Literal["required", "off"]
+#: `verified`: appd launches apps only from signed images that weft-mountd mounted; `directory`:
+#: from package directories in the stores (developer hosts without device-mapper). Never both.
+AppSourceMode = Literal["verified", "directory"]
 
 
 class SettingError(WeftError):
@@ -131,6 +134,10 @@ RUNTIME_BIN: Setting[tuple[str, ...] | None] = Setting(
 RUNTIME_POOL: Setting[int] = Setting("WEFT_RUNTIME_POOL", PoolSize, 2, "standby runtimes kept ready for launches")
 READY_TIMEOUT_S: Setting[float] = Setting("WEFT_READY_TIMEOUT_S", Seconds, 30.0, "seconds an app has to signal READY")
 MAX_SESSIONS: Setting[int] = Setting("WEFT_MAX_SESSIONS", SessionCap, 64, "live sessions at once")
+APP_SOURCE: Setting[AppSourceMode] = Setting(
+    "WEFT_APP_SOURCE", AppSourceMode, "verified",
+    "`verified`: apps run only from signed images mounted by weft-mountd; `directory`: from package "
+    "directories (developer hosts without device-mapper); no fallback between them")
 APP_MEMORY_MIB: Setting[int] = Setting("WEFT_APP_MEMORY_MIB", MemoryMib, 256, "memory cap of one app's guest, MiB")
 APP_CGROUPS: Setting[CgroupMode] = Setting(
     "WEFT_APP_CGROUPS", CgroupMode, "off",
@@ -150,7 +157,7 @@ ALL: tuple[Setting[Any], ...] = (
     HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, SYSTEM_APP_STORE, APP_DATA, CACHE_DIR,
     IMAGE_STORE, SYSTEM_IMAGE_STORE, ROLLBACK_RECORD, APPD_SOCKET,
     MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, RUNTIME_BIN, RUNTIME_POOL, READY_TIMEOUT_S,
-    MAX_SESSIONS, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT, APP_PIDS_MAX, DEBUG,
+    MAX_SESSIONS, APP_SOURCE, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT, APP_PIDS_MAX, DEBUG,
 )
 
 # -- derived paths -------------------------------------------------------------------------

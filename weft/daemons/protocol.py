@@ -19,7 +19,7 @@ import struct
 from typing import Annotated, Any, Literal, Union
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from weft.errors import WeftError
 from weft.manifest import AppId
@@ -31,7 +31,17 @@ LENGTH = struct.Struct("<I")
 
 SessionId = Annotated[int, Field(ge=1, lt=1 << 63)]
 U32 = Annotated[int, Field(ge=0, lt=1 << 32)]
-Payload = Annotated[str, Field(max_length=MAX_PAYLOAD_BYTES)]
+
+
+def _payload_in_bytes(text: str) -> str:
+    """The cap is in UTF-8 bytes, so a payload always fits a frame (pydantic refuses lone surrogates)."""
+    size = len(text.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload of {size} bytes (UTF-8) exceeds {MAX_PAYLOAD_BYTES}")
+    return text
+
+
+Payload = Annotated[str, Field(max_length=MAX_PAYLOAD_BYTES), AfterValidator(_payload_in_bytes)]
 
 
 class ErrorCode(enum.IntEnum):
@@ -125,6 +135,9 @@ _REQUEST = TypeAdapter(Request)
 class SessionInfo(Message):
     session_id: SessionId
     app_id: str
+    # Only in RUNNING_APPS.ended_with_error: why that session ended (see AppState).
+    reason: str | None = None
+    error: str | None = None
 
 
 class AppInfo(Message):
@@ -148,12 +161,18 @@ class AppReady(Message):
 class RunningApps(Message):
     type: Literal["RUNNING_APPS"] = "RUNNING_APPS"
     sessions: list[SessionInfo]
+    # The most recent sessions that ended with an error (newest last), so `weft-appctl ps` can
+    # say why an app is gone; absent from the reference (an addition, ignored by old clients).
+    ended_with_error: list[SessionInfo] | None = None
 
 
 class AppState(Message):
     type: Literal["APP_STATE"] = "APP_STATE"
     session_id: SessionId
     state: SessionState
+    # Set once a session has ended with an error: a stable word (EndReason) and a message for people.
+    reason: str | None = None
+    error: str | None = None
 
 
 class InstalledApps(Message):
@@ -185,6 +204,35 @@ class Error(Message):
     type: Literal["ERROR"] = "ERROR"
     code: int
     message: str
+    reason: str | None = None  # LAUNCH_FAILED: a LaunchReason value (plain str on the wire: forward compatible)
+
+
+class LaunchReason(str, enum.Enum):
+    """Why LAUNCH_APP failed (ERROR code 4, `reason`): every MountReason, passed through from
+    weft-mountd, and appd's own. Stable words: `weft-appctl launch` maps each to an exit code."""
+
+    NOT_INSTALLED = "not_installed"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    CORRUPTED = "corrupted"
+    ROLLBACK = "rollback"
+    BAD_IMAGE = "bad_image"
+    ID_MISMATCH = "id_mismatch"
+    MOUNT_FAILED = "mount_failed"
+    NOT_PERMITTED = "not_permitted"
+    BAD_REQUEST = "bad_request"
+    MOUNTD_UNAVAILABLE = "mountd_unavailable"  # appd cannot reach weft-mountd
+    BAD_PACKAGE = "bad_package"  # WEFT_APP_SOURCE=directory: the package directory is unusable
+
+
+class EndReason(str, enum.Enum):
+    """Why a session ended with an error (APP_STATE `reason`)."""
+
+    CORRUPTED = "corrupted"  # dm-verity saw a block of the app's image that does not match
+    FAILED = "failed"  # the runtime exited with an error status or was killed, not on request
+    READY_TIMEOUT = "ready_timeout"
+    RELAY_FAILED = "relay_failed"
+    CGROUP_FAILED = "cgroup_failed"
 
 
 Reply = Annotated[
@@ -239,7 +287,8 @@ def parse_reply(data: Any) -> Message:
 
 
 def to_wire(message: Message) -> dict[str, Any]:
-    return message.model_dump(mode="json")
+    # Optional additions (`reason`, `error`, ...) are left out when unset: the reference's bytes stay as they were.
+    return message.model_dump(mode="json", exclude_none=True)
 
 
 # ---- JSON (WebSocket) -----------------------------------------------------------------------
@@ -257,7 +306,7 @@ def decode_json_request(text: str | bytes) -> Message:
 
 
 def encode_json(message: Message) -> str:
-    return message.model_dump_json()
+    return message.model_dump_json(exclude_none=True)
 
 
 # ---- length-prefixed msgpack (Unix socket) ------------------------------------------------
@@ -389,6 +438,9 @@ class AppMounted(Message):
     version: str
     root_hash: str
     mount_path: str
+    # The fingerprint (weft.store.publisher_from_key_id) of the trusted key that verified the
+    # image: appd binds the app's data to it. Optional on the wire; appd refuses a mount without it.
+    publisher: str | None = None
 
 
 class AppUnmounted(Message):
@@ -438,9 +490,6 @@ def parse_mountd_request(data: Any) -> MountApp | UnmountApp | ListMounts | Chec
         raise ProtocolError("a mountd request must be a map")
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in MOUNTD_REQUEST_TYPES:
-    # The fingerprint (weft.store.publisher_from_key_id) of the trusted key that verified the
-    # image: appd binds the app's data to it. Optional on the wire; appd refuses a mount without it.
-    publisher: str | None = None
         raise ProtocolError(f"unknown mountd request type {str(kind)[:40]!r}")
     try:
         return _MOUNTD_REQUEST.validate_python(data)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from weft import settings
 from weft.settings import (
+    AppSourceMode,
     CgroupMemoryMib,
     CgroupMode,
     CpuPercent,
@@ -49,6 +50,9 @@ class AppdConfig(BaseModel):
     cgroups: CgroupMode
     app_limits: AppLimits
     store: StorePaths
+    app_source: AppSourceMode  # where packages come from (app_source.py); no fallback between the two
+    mountd_socket: Path
+    apps_mount_root: Path  # weft-mountd's mounts: `<root>/<app_id>`, the only paths a verified launch accepts
 
     @model_validator(mode="after")
     def _cgroup_leaves_room_for_the_runtime(self) -> AppdConfig:
@@ -90,6 +94,9 @@ class AppdConfig(BaseModel):
                                      cpu_percent=settings.APP_CPU_PERCENT.read(env),
                                      pids_max=settings.APP_PIDS_MAX.read(env)),
                 store=StorePaths.from_env(env),
+                app_source=settings.APP_SOURCE.read(env),
+                mountd_socket=settings.MOUNTD_SOCKET.read(env),
+                apps_mount_root=settings.APPS_MOUNT_ROOT.read(env),
             )
         except ValidationError as exc:  # a rule across settings (each one alone was valid)
             raise settings.SettingError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
