@@ -104,7 +104,7 @@ class ErofsImage:
                 end = entries[i + 1][1] if i + 1 < count else len(block)
                 entry_name = block[nameoff:end].split(b"\0", 1)[0]
                 if entry_name == name:
-                    return nid
+                    return int(nid)
         raise ErofsError(f"'{name.decode(errors='replace')}' not found in the image")
 
     def read_file(self, path: str) -> bytes:

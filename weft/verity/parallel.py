@@ -8,6 +8,7 @@ jobs, the tasks simply run here one after another.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ def run_tasks(tasks: Sequence[Task]) -> None:
     failure: BaseException | None = None
     try:
         tasks[0]()
-    except BaseException as exc:  # still reap the children before re-raising
+    except BaseException as exc:  # noqa: BLE001 - re-raised below, once the children are reaped
         failure = exc
     reports = [_reap(pid, fd) for pid, fd in children]
     if failure is not None:
@@ -49,17 +50,15 @@ def _spawn(task: Task) -> tuple[int, int]:
         try:
             os.close(read_fd)
             task()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever failed, the parent gets a report
             import json  # the failure path only: keeps start-up of every run fast
             import traceback
 
             status = 1
             report = {"area": getattr(exc, "area", None), "message": str(exc),
                       "expected": isinstance(exc, VerityError), "trace": traceback.format_exc()}
-            try:
+            with contextlib.suppress(BaseException):  # the exit status still tells the parent
                 os.write(write_fd, json.dumps(report).encode())
-            except BaseException:
-                pass
         finally:
             os._exit(status)
     os.close(write_fd)

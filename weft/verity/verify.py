@@ -7,6 +7,7 @@ root hash, on a named hash-tree block, or on a named data block.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from weft.verity.format import check_no_overlap, device_size, same_file
 from weft.verity.hashing import BlockHasher, default_workers, hash_level
@@ -84,7 +85,8 @@ def _check_superblock(hash_fd: int, params: VerityParams, layout: TreeLayout, ha
         raise VerityMismatch("superblock", "the padding after the verity superblock is not zero")
 
 
-def _comparer(hash_fd: int, layout: TreeLayout, hasher: BlockHasher, level: int, area: str):
+def _comparer(hash_fd: int, layout: TreeLayout, hasher: BlockHasher, level: int,
+              area: str) -> Callable[[int, bytes], None]:
     """An emit() that compares computed hash blocks of `level` with the stored ones."""
     hbs = layout.hash_block_size
     base = layout.level_offset(level)
@@ -107,7 +109,7 @@ def _comparer(hash_fd: int, layout: TreeLayout, hasher: BlockHasher, level: int,
 
 
 def _first_difference(a: bytes, b: bytes) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # lengths may differ: see below
         if x != y:
             return i
     return min(len(a), len(b))  # one is a prefix of the other: the device ended early
