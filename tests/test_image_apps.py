@@ -3,6 +3,7 @@ reproducibility, and which key signs what."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import stat
 import subprocess
@@ -41,7 +42,7 @@ def test_build_apps_layout_signatures_and_sums(keypair, tmp_path):
     assert [p.name for p in (dest / "trusted-keys").iterdir()] == ["weft-sign.pub"]
     assert (dest / "trusted-keys" / "weft-sign.pub").read_text() == keypair[1].read_text()
     trusted = load_trusted_keys(dest / "trusted-keys")  # what the image will trust
-    for app, image in zip(SHIPPED_APPS, images):
+    for app, image in zip(SHIPPED_APPS, images, strict=True):
         footer = verify_image(image, trusted).footer
         assert (footer.app_id, footer.version) == (app, "0.1.0")
         assert stat.S_IMODE(image.stat().st_mode) == 0o644
@@ -61,7 +62,7 @@ def test_apps_are_reproducible_and_stale_files_go(keypair, tmp_path):
 def test_a_source_not_named_after_its_id_is_refused(keypair, tmp_path):
     src = tmp_path / "org.weft.demo.renamed"
     shutil.copytree(REPO / "examples" / "org.weft.demo.counter", src, ignore=shutil.ignore_patterns("app.wasm"))
-    with pytest.raises(WeftError, match="declares the id org.weft.demo.counter"):
+    with pytest.raises(WeftError, match=re.escape("declares the id org.weft.demo.counter")):
         _prepare(keypair[0], tmp_path / "apps", [src])
 
 

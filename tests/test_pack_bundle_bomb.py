@@ -140,7 +140,8 @@ def test_member_and_data_bounds_are_checked_from_the_headers(tmp_path, monkeypat
         unbundle(path, tmp_path / "out")
     # A member declaring more data than a bundle may hold is refused at its header.
     big = tmp_path / "big.app.tar.zst"
-    big.write_bytes(zstd_frame(header("com.example.notes/big", tarfile.REGTYPE, (8 << 30) + 1, tarfile.GNU_FORMAT), 4096))
+    big.write_bytes(zstd_frame(header("com.example.notes/big", tarfile.REGTYPE, (8 << 30) + 1, tarfile.GNU_FORMAT),
+                               4096))
     with pytest.raises(BundleError, match="bytes of file data"):
         unbundle(big, tmp_path / "out2")
 

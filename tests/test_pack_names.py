@@ -110,7 +110,7 @@ def _bundle_with(tmp_path: Path, name: str, link: str | None = None) -> Path:
                                        ("com.example.notes/\udce9", None), ("com.example.notes/l", "a\x1bb")])
 def test_unbundle_and_install_refuse_such_names(tmp_path, name, link):
     archive = _bundle_with(tmp_path, name, link)
-    with pytest.raises(BundleError, match="control character|not valid UTF-8"):
+    with pytest.raises(BundleError, match=r"control character|not valid UTF-8"):
         unbundle(archive, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
     for argv in (["unbundle", archive, "--out", tmp_path / "out"], ["install", archive]):

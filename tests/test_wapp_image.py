@@ -1,8 +1,10 @@
 """`.wapp` app images: reproducible builds, full verification, precise failure names, fuzzed footer."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -103,7 +105,7 @@ def test_refuses_overwrite_unless_forced(image, keypair, make_package, trusted):
 def test_build_runs_check_first(make_package, keypair, tmp_path):
     package = make_package()
     (package / "ui" / "index.html").unlink()
-    with pytest.raises(Exception, match="ui.entry 'ui/index.html' not found"):
+    with pytest.raises(Exception, match=re.escape("ui.entry 'ui/index.html' not found")):
         build_image(package, load_signing_key(keypair[0]), tmp_path / "x.wapp", progress=_quiet)
     assert not (tmp_path / "x.wapp").exists()
 
@@ -183,8 +185,8 @@ def _reseal(image, keypair, **changes):
 def test_signed_footer_naming_another_app_is_caught_by_the_inner_manifest(image, keypair, trusted, tmp_path):
     image = image.rename(tmp_path / "plain-name.img")  # so the file-name check stays out of the way
     _reseal(image, keypair, app_id="com.example.other")
-    with pytest.raises(ImageError, match="mismatched id: the footer says com.example.other 1.0.0, the manifest "
-                                         "inside says com.example.notes 1.0.0"):
+    with pytest.raises(ImageError, match=re.escape("mismatched id: the footer says com.example.other 1.0.0, "
+                                                   "the manifest inside says com.example.notes 1.0.0")):
         verify_image(image, trusted)
 
 
@@ -212,7 +214,7 @@ def test_every_package_file_reads_back_from_the_image(make_package, keypair, tmp
 
 def test_not_an_image(tmp_path, trusted):
     (tmp_path / "x.wapp").write_bytes(os.urandom(10_000))
-    with pytest.raises(FooterError, match="not a .wapp"):
+    with pytest.raises(FooterError, match=re.escape("not a .wapp")):
         verify_image(tmp_path / "x.wapp", trusted)
 
 
@@ -264,10 +266,8 @@ def test_fuzz_erofs_reader(image, tmp_path, data):
         at = data.draw(st.integers(1024, min(size, 3 * 4096) - 1))  # superblock, inodes, directories
         raw[at] = data.draw(st.integers(0, 255))
     (tmp_path / "fuzz.img").write_bytes(bytes(raw))
-    try:
+    with contextlib.suppress(ErofsError):
         read_erofs_file(tmp_path / "fuzz.img", data.draw(st.sampled_from(["wapp.toml", "ui/index.html", "a/b"])))
-    except ErofsError:
-        pass
 
 
 def test_footer_is_read_from_the_tail_only(tmp_path, keypair, trusted):
