@@ -15,7 +15,7 @@ import struct
 import uuid as uuidlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -27,7 +27,7 @@ from weft.pack.keys import KeyFileError, key_id, load_verify_key
 from weft.verity.params import VerityParams, compute_layout
 
 MAGIC = b"WEFTWAPP"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 TRAILER = struct.Struct("<8sII")
 SIGNATURE_SIZE = 64
 MAX_FOOTER_BYTES = 64 * 1024
@@ -44,7 +44,7 @@ class FooterSignatureError(WeftError):
     """The footer is not signed by a trusted key."""
 
 
-def _hex_of(size: int):
+def _hex_of(size: int) -> AfterValidator:
     def check(value: str) -> str:
         if len(value) != 2 * size or any(c not in "0123456789abcdef" for c in value):
             raise ValueError(f"must be {2 * size} lowercase hex characters")

@@ -15,6 +15,7 @@ import tempfile
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from nacl.signing import SigningKey, VerifyKey
 
@@ -165,7 +166,7 @@ def _check_inner_manifest(path: str | os.PathLike[str], footer: Footer) -> None:
                          f"inside says {manifest.app_id} {manifest.package.version}")
 
 
-def describe(signed: SignedFooter) -> dict:
+def describe(signed: SignedFooter) -> dict[str, Any]:
     """The footer fields plus where things are, for `inspect-image`."""
     info = signed.footer.model_dump(mode="json")
     info["footer_offset"] = signed.footer.footer_offset
