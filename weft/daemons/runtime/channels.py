@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import queue
@@ -63,10 +64,8 @@ class Relay:
         on_eof()  # appd is gone or ended the session
 
     def close_inbox(self) -> None:
-        try:
+        with contextlib.suppress(queue.Full):  # the guest is not waiting in recv; the stop timer interrupts it
             self.inbox.put_nowait(None)
-        except queue.Full:
-            pass  # the guest is not waiting in recv; the stop timer interrupts it instead
 
     def send_ready(self) -> None:
         self._send(encode_line(Ready()))

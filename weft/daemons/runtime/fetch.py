@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import re
@@ -129,10 +130,8 @@ class _Deadline:
             if self._watched is None:
                 return  # cancelled
             self.expired = True
-            try:
+            with contextlib.suppress(OSError):  # already closed by the other side
                 self._watched.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the other side
 
     def cancel(self) -> None:
         if self._timer is not None:

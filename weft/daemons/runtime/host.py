@@ -40,6 +40,15 @@ def _not_granted(capability: str) -> str:
     return _err(f"capability '{capability}' not granted")
 
 
+class _ResponseRecord(Record):
+    """The WIT `response`: wasmtime-py lowers a Record instance, reading each field by its WIT name."""
+
+    def __init__(self, response: http.FetchResponse) -> None:
+        self.status = response.status
+        setattr(self, "content-type", response.content_type)  # not a Python identifier
+        self.body = response.body
+
+
 class HostImports:
     """Python implementations of the imports for one session (called on the guest's thread)."""
 
@@ -66,16 +75,13 @@ class HostImports:
         return None if self.relay is None else self.relay.inbox.get()
 
     # -- fetch --------------------------------------------------------------------------
-    def fetch(self, _store: object, url: str, method: str, headers: list, body: bytes | None) -> WitResult:
+    def fetch(self, _store: object, url: str, method: str, headers: list[tuple[str, str]],
+              body: bytes | None) -> WitResult:
         try:
-            response = http.fetch(self.grants, url, method, [tuple(h) for h in headers], body)
+            response = http.fetch(self.grants, url, method, list(headers), body)
         except http.FetchDenied as exc:
             return _err(str(exc))
-        record = Record()  # wasmtime-py needs a Record instance, with the WIT field names
-        record.status = response.status
-        setattr(record, "content-type", response.content_type)  # not a Python identifier
-        record.body = response.body
-        return record
+        return _ResponseRecord(response)
 
     # -- notifications, clipboard ---------------------------------------------------------
     def _tool(self, argv: list[str], stdin: bytes | None = None) -> bytes:
@@ -134,15 +140,16 @@ class HostImports:
 def build_linker(engine: Engine, imports: HostImports) -> Linker:
     linker = Linker(engine)
     linker.add_wasip2()
+    interfaces: dict[str, dict[str, Callable[..., Any]]] = {
+        "notify": {"ready": imports.ready},
+        "ipc": {"send": imports.ipc_send, "recv": imports.ipc_recv},
+        "fetch": {"fetch": imports.fetch},
+        "notifications": {"notify": imports.notify},
+        "clipboard": {"read": imports.clipboard_read, "write": imports.clipboard_write},
+        "files": {"read": imports.files_read, "write": imports.files_write, "list-dir": imports.files_list},
+    }
     with linker.root() as root:
-        for interface, functions in {
-            "notify": {"ready": imports.ready},
-            "ipc": {"send": imports.ipc_send, "recv": imports.ipc_recv},
-            "fetch": {"fetch": imports.fetch},
-            "notifications": {"notify": imports.notify},
-            "clipboard": {"read": imports.clipboard_read, "write": imports.clipboard_write},
-            "files": {"read": imports.files_read, "write": imports.files_write, "list-dir": imports.files_list},
-        }.items():
+        for interface, functions in interfaces.items():
             with root.add_instance(f"{PACKAGE}/{interface}@{VERSION}") as instance:
                 for name, function in functions.items():
                     instance.add_func(name, function)
