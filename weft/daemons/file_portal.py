@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ctypes
 import errno
 import json
@@ -214,10 +215,8 @@ class Portal:
             for part in parents:
                 if part in (".", ".."):
                     raise Denied(f"access denied: {part}")
-                try:
+                with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o700, dir_fd=current)
-                except FileExistsError:
-                    pass
                 child = openat2(current, part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 os.close(current)
                 current = child
@@ -321,10 +320,8 @@ def main_entry(argv: Sequence[str]) -> int:
         with conn, conn.makefile("rb") as rfile, conn.makefile("wb") as wfile:
             portal.serve(rfile, wfile)
         return 0
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _serve_path(portal, args.socket)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

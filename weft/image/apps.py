@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from weft.errors import WeftError
@@ -71,6 +71,10 @@ def signing_key_for(repo: Path, profile: str) -> Path:
     return key
 
 
+def _progress(name: str) -> Callable[[str], None]:
+    return lambda message: log.debug("image: %s: %s", name, message)
+
+
 def prepare_apps(sources: Sequence[Path], key_path: Path, dest: Path, *, cache: Path, timestamp: int) -> list[Path]:
     """Build each app source into a signed image under `dest` (emptied first); see the module doc."""
     key = load_signing_key(key_path)
@@ -84,7 +88,7 @@ def prepare_apps(sources: Sequence[Path], key_path: Path, dest: Path, *, cache: 
             log.info("image: building and signing %s", src.name)
             package = build_package(src, Path(work), cache)
             image = build_image(package, key, images_dir / f"{src.name}{IMAGE_SUFFIX}", timestamp=timestamp,
-                                progress=lambda message: log.debug("image: %s: %s", src.name, message))
+                                progress=_progress(src.name))
             footer = verify_image(image, [key.verify_key]).footer
             if footer.app_id != src.name:
                 raise WeftError(f"{src} declares the id {footer.app_id}; an app source directory is named "
