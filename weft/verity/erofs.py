@@ -2,14 +2,18 @@
 
 Enough of the on-disk format (linux fs/erofs/erofs_fs.h) for what `mkfs.erofs` writes
 without compression: superblock, compact and extended inodes, flat-plain and flat-inline
-data, directories. Used to check the manifest inside a `.wapp` against its footer.
-Anything else (compression, chunked files, malformed structures) is an ErofsError.
+data, directories. Used to check the manifest inside a `.wapp` against its footer, both after
+full verification (`verify_image`) and, for the store listing, on data nothing has verified:
+so every read is bounded by the image size and a per-file limit, directories are read one
+block at a time, and anything else (compression, chunked files, malformed structures) is an
+ErofsError, never another exception.
 """
 from __future__ import annotations
 
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -79,21 +83,36 @@ class ErofsImage:
         return _Inode(offset=offset, header_size=base + xattrs, mode=mode, size=size,
                       layout=(i_format >> 1) & 0x7, raw_blkaddr=blkaddr)
 
-    def _data(self, inode: _Inode) -> bytes:
-        if inode.size > MAX_FILE_BYTES:
-            raise ErofsError(f"file of {inode.size} bytes is too large to read here")
+    def _span(self, inode: _Inode, start: int, length: int) -> bytes:
+        """`length` bytes of the inode's data from `start`, never crossing into the inline tail."""
         if inode.layout == FLAT_PLAIN:
-            return self._read(inode.raw_blkaddr * self.block_size, inode.size)
+            return self._read(inode.raw_blkaddr * self.block_size + start, length)
         if inode.layout == FLAT_INLINE:
-            full = inode.size - inode.size % self.block_size
-            head = self._read(inode.raw_blkaddr * self.block_size, full) if full else b""
-            return head + self._read(inode.offset + inode.header_size, inode.size - full)
+            full = inode.size - inode.size % self.block_size  # whole blocks; the rest is inline
+            if start >= full:
+                return self._read(inode.offset + inode.header_size + start - full, length)
+            if start + length > full:
+                raise ErofsError("EROFS read crosses into the inline tail")
+            return self._read(inode.raw_blkaddr * self.block_size + start, length)
         raise ErofsError(f"EROFS data layout {inode.layout} (compressed or chunked) is not supported")
 
+    def _data(self, inode: _Inode, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        if inode.size > min(max_bytes, MAX_FILE_BYTES):
+            raise ErofsError(f"file of {inode.size} bytes is larger than the {min(max_bytes, MAX_FILE_BYTES)} "
+                             f"bytes allowed here")
+        full = inode.size - inode.size % self.block_size
+        head = self._span(inode, 0, full) if full else b""
+        return head + self._span(inode, full, inode.size - full)
+
+    def _blocks(self, directory: _Inode) -> Iterator[bytes]:
+        """The directory's data block by block (a lookup usually stops early)."""
+        if directory.size > MAX_FILE_BYTES:
+            raise ErofsError(f"directory of {directory.size} bytes is too large to read here")
+        for start in range(0, directory.size, self.block_size):
+            yield self._span(directory, start, min(self.block_size, directory.size - start))
+
     def _lookup(self, directory: _Inode, name: bytes) -> int:
-        data = self._data(directory)
-        for start in range(0, len(data), self.block_size):
-            block = data[start:start + self.block_size]
+        for block in self._blocks(directory):
             if len(block) < _DIRENT.size:
                 raise ErofsError("truncated EROFS directory block")
             count = _DIRENT.unpack_from(block, 0)[1] // _DIRENT.size
@@ -107,7 +126,8 @@ class ErofsImage:
                     return int(nid)
         raise ErofsError(f"'{name.decode(errors='replace')}' not found in the image")
 
-    def read_file(self, path: str) -> bytes:
+    def read_file(self, path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The contents of the regular file `path`; a larger file than `max_bytes` is an ErofsError."""
         inode = self._inode(self._root_nid)
         parts = [p for p in path.split("/") if p]
         if len(parts) > MAX_DEPTH:
@@ -118,19 +138,29 @@ class ErofsImage:
             inode = self._inode(self._lookup(inode, part.encode()))
         if not stat.S_ISREG(inode.mode):
             raise ErofsError(f"'{path}' is not a regular file in the image")
-        return self._data(inode)
+        return self._data(inode, max_bytes)
 
 
-def read_erofs_file(image_path: str | os.PathLike[str], path: str, image_size: int | None = None) -> bytes:
-    """Contents of `path` inside the EROFS image at the start of `image_path`.
+def read_erofs_file(image: str | os.PathLike[str] | BinaryIO, path: str, image_size: int | None = None,
+                    max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Contents of `path` inside the EROFS image at the start of `image`: a file name, or a file
+    opened for binary reading (so a caller reads the very file it checked otherwise).
 
-    `image_size` bounds every read (for an EROFS image followed by other data, as in a .wapp).
+    `image_size` bounds every read (for an EROFS image followed by other data, as in a .wapp);
+    `max_bytes` bounds the file (ErofsError if it is larger).
     """
     try:
-        with open(image_path, "rb") as fh:
-            size = image_size if image_size is not None else os.fstat(fh.fileno()).st_size
-            return ErofsImage(fh, size).read_file(path)
+        if isinstance(image, (str, os.PathLike)):
+            with open(image, "rb") as fh:
+                return _read_file(fh, path, image_size, max_bytes)
+        return _read_file(image, path, image_size, max_bytes)
     except struct.error:
         raise ErofsError("corrupt EROFS structure") from None
     except OSError as exc:
-        raise ErofsError(f"cannot read {os.fspath(image_path)}: {exc.strerror}") from None
+        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "the image"
+        raise ErofsError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _read_file(fh: BinaryIO, path: str, image_size: int | None, max_bytes: int) -> bytes:
+    size = image_size if image_size is not None else os.fstat(fh.fileno()).st_size
+    return ErofsImage(fh, size).read_file(path, max_bytes)
