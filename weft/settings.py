@@ -109,6 +109,9 @@ IMAGE_STORE: Setting[Path | None] = Setting(
 SYSTEM_IMAGE_STORE: Setting[Path] = Setting(
     "WEFT_SYSTEM_IMAGE_STORE", Path, Path("/usr/share/weft/images"),
     "app images shipped with the OS (read-only; its presence marks WEFT OS); their ids cannot be installed")
+TRUSTED_KEYS: Setting[Path] = Setting(
+    "WEFT_TRUSTED_KEYS", Path, Path("/usr/share/weft/trusted-keys"),
+    "publisher keys (`*.pub`) the device trusts; the store listing shows only images signed by one of them")
 ROLLBACK_RECORD: Setting[Path] = Setting(
     "WEFT_ROLLBACK_RECORD", Path, Path("/var/lib/weft-mountd/versions.json"),
     "highest version of each app activated on this device (weft-mountd writes it; weft-pack reads it)")
@@ -155,7 +158,7 @@ DEBUG: Setting[bool] = Setting("WEFT_DEBUG", bool, False, "`1`: tracebacks on fa
 
 ALL: tuple[Setting[Any], ...] = (
     HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, SYSTEM_APP_STORE, APP_DATA, CACHE_DIR,
-    IMAGE_STORE, SYSTEM_IMAGE_STORE, ROLLBACK_RECORD, APPD_SOCKET,
+    IMAGE_STORE, SYSTEM_IMAGE_STORE, TRUSTED_KEYS, ROLLBACK_RECORD, APPD_SOCKET,
     MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, RUNTIME_BIN, RUNTIME_POOL, READY_TIMEOUT_S,
     MAX_SESSIONS, APP_SOURCE, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT, APP_PIDS_MAX, DEBUG,
 )
