@@ -36,7 +36,8 @@ class FdPortal:
         self.rfile.close()
         self.sock.close()
         assert self.process.wait(10) == 0
-        return self.process.stderr.read().decode()  # type: ignore[union-attr]
+        assert self.process.stderr is not None
+        return self.process.stderr.read().decode()
 
 
 @pytest.fixture
@@ -112,7 +113,8 @@ def _gone(pid: int) -> bool:
 
 def test_the_portal_dies_with_its_parent_even_when_stuck(root: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(root)], stdout=subprocess.PIPE, text=True)
-    portal_pid = int(parent.stdout.readline())  # type: ignore[union-attr]
+    assert parent.stdout is not None
+    portal_pid = int(parent.stdout.readline())
     try:
         os.kill(portal_pid, signal.SIGSTOP)  # stuck: it could not even notice its socket closing
         parent.kill()

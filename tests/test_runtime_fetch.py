@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from platform_support import Env, with_capabilities
+from platform_support import Env, RuntimeUnderTest, with_capabilities
 
 from weft.daemons.runtime import fetch
 from weft.daemons.runtime.grants import Grants
@@ -176,9 +177,9 @@ def test_the_address_checked_is_the_address_connected(server: RawServer, monkeyp
     lookups: list[str] = []
     real_getaddrinfo = socket.getaddrinfo
 
-    def rebinding(host: str, port: int, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+    def rebinding(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
         if host != "rebind.test":
-            return real_getaddrinfo(host, port, *args, **kwargs)  # type: ignore[arg-type]
+            return real_getaddrinfo(host, port, *args, **kwargs)
         lookups.append(host)
         return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (next(answers), port))]
 
@@ -225,7 +226,8 @@ def test_bad_urls_are_refused(url: str, message: str) -> None:
 # -- through a real guest: the session survives ------------------------------------------------
 
 def test_a_hostile_server_cannot_end_the_session(env: Env, built_apps: dict[str, Path], tmp_path: Path,
-                                                 runtime_factory, server: RawServer) -> None:  # type: ignore[no-untyped-def]
+                                                 runtime_factory: Callable[..., RuntimeUnderTest],
+                                                 server: RawServer) -> None:
     env.install(with_capabilities(built_apps["org.weft.test.probe"], tmp_path / "src", "org.weft.test.fetcher",
                                   ["net:fetch:127.0.0.1"]))
     runtime = runtime_factory("org.weft.test.fetcher")
@@ -238,7 +240,8 @@ def test_a_hostile_server_cannot_end_the_session(env: Env, built_apps: dict[str,
 
 
 def test_a_wildcard_guest_cannot_reach_loopback(env: Env, built_apps: dict[str, Path], tmp_path: Path,
-                                                runtime_factory, server: RawServer) -> None:  # type: ignore[no-untyped-def]
+                                                runtime_factory: Callable[..., RuntimeUnderTest],
+                                                server: RawServer) -> None:
     env.install(with_capabilities(built_apps["org.weft.test.probe"], tmp_path / "src", "org.weft.test.anyhost",
                                   ["net:fetch:*"]))
     runtime = runtime_factory("org.weft.test.anyhost")

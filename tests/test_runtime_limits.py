@@ -1,6 +1,7 @@
 """The guest memory cap holds in total: several memories, table growth and the GC heap cannot exceed it."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_limits_add_up_to_at_most_the_cap(memory_mib: int) -> None:
 
 
 def test_a_component_with_several_memories_is_refused(env: Env, built_apps: dict[str, Path],
-                                                      runtime_factory) -> None:  # type: ignore[no-untyped-def]
+                                                      runtime_factory: Callable[..., RuntimeUnderTest]) -> None:
     # Four memories of 64 MiB each under a 96 MiB cap: 256 MiB if the cap only held per memory.
     env.install(built_apps["org.weft.test.memories"])
     runtime: RuntimeUnderTest = runtime_factory("org.weft.test.memories", memory_mib=96)
@@ -41,7 +42,7 @@ def test_a_component_with_several_memories_is_refused(env: Env, built_apps: dict
 
 
 def test_table_growth_counts_against_the_cap(env: Env, built_apps: dict[str, Path],
-                                             runtime_factory) -> None:  # type: ignore[no-untyped-def]
+                                             runtime_factory: Callable[..., RuntimeUnderTest]) -> None:
     env.install(built_apps["org.weft.test.tables"])
     runtime: RuntimeUnderTest = runtime_factory("org.weft.test.tables", memory_mib=64)
     runtime.wait_ready()

@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from platform_support import Env, with_capabilities
+from platform_support import Env, RuntimeUnderTest, with_capabilities
 
 from weft.daemons.runtime.guest_output import LINE_BURST, LINES_PER_S, MAX_LINE_BYTES, GuestOutput, LineBudget
 from weft.daemons.runtime.session import ExitCode
@@ -81,7 +82,7 @@ def test_control_characters_are_escaped(caplog: pytest.LogCaptureFixture,
 
 
 def test_a_guest_printing_in_a_loop_does_not_flood_the_log(env: Env, built_apps: dict[str, Path], tmp_path: Path,
-                                                           runtime_factory) -> None:  # type: ignore[no-untyped-def]
+                                                           runtime_factory: Callable[..., RuntimeUnderTest]) -> None:
     env.install(with_capabilities(built_apps["org.weft.test.probe"], tmp_path / "src", "org.weft.test.chatty", []))
     runtime = runtime_factory("org.weft.test.chatty", session_id=12)
     runtime.wait_ready()

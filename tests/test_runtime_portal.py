@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from weft.daemons.runtime.session import ExitCode
 
 @pytest.fixture
 def writer(env: Env, built_apps: dict[str, Path], tmp_path: Path,
-           runtime_factory) -> Iterator[RuntimeUnderTest]:  # type: ignore[no-untyped-def]
+           runtime_factory: Callable[..., RuntimeUnderTest]) -> Iterator[RuntimeUnderTest]:
     env.install(with_capabilities(built_apps["org.weft.test.probe"], tmp_path / "src", "org.weft.test.writer",
                                   ["fs:rw:app-data"]))
     runtime: RuntimeUnderTest = runtime_factory("org.weft.test.writer")

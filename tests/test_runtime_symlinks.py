@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ class Planted:
 
 @pytest.fixture
 def planted(env: Env, built_apps: dict[str, Path], tmp_path: Path,
-            runtime_factory) -> Iterator[Planted]:  # type: ignore[no-untyped-def]
+            runtime_factory: Callable[..., RuntimeUnderTest]) -> Iterator[Planted]:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("secret")
