@@ -20,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -30,7 +32,7 @@ from build_examples import EXAMPLES, build_package
 COUNTER = "org.weft.demo.counter"
 
 
-async def _until(ws: ClientConnection, predicate) -> dict:  # type: ignore[no-untyped-def]
+async def _until(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     while True:
         message = json.loads(await ws.recv())
         if predicate(message):
@@ -119,7 +121,8 @@ def main() -> int:
         build_package(EXAMPLES[0], root / "store")
         env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir), "WEFT_APP_STORE": str(root / "store"),
                "WEFT_APP_DATA": str(root / "data"), "WEFT_CACHE_DIR": str(root / "cache"),
-               "WEFT_APPD_WS_PORT": "0", "WEFT_APP_CGROUPS": "off"}
+               "WEFT_APPD_WS_PORT": "0", "WEFT_APP_CGROUPS": "off",
+               "WEFT_APP_SOURCE": "directory"}
         appd = subprocess.Popen([sys.executable, "-m", "weft.daemons.appd"], env=env, stderr=subprocess.DEVNULL)
         try:
             wsport = runtime_dir / "weft/appd.wsport"

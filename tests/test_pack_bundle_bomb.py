@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import zstandard
@@ -43,7 +44,7 @@ def zstd_frame(prefix: bytes, zeros: int) -> bytes:
     return bytes(out)
 
 
-def header(name: str, kind: bytes, size: int, fmt: int = tarfile.USTAR_FORMAT) -> bytes:
+def header(name: str, kind: bytes, size: int, fmt: Literal[0, 1, 2] = tarfile.USTAR_FORMAT) -> bytes:
     info = tarfile.TarInfo(name)
     info.type, info.size = kind, size
     return info.tobuf(fmt, "utf-8", "surrogateescape")

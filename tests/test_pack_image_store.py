@@ -77,6 +77,12 @@ def _store_files(store: StorePaths) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir())} if root and root.exists() else {}
 
 
+def _found(store: StorePaths) -> StoredImage:
+    image = find_image(APP, store)
+    assert image is not None
+    return image
+
+
 def _flip(path: Path, offset: int) -> None:
     with open(path, "r+b") as fh:
         fh.seek(offset)
@@ -213,7 +219,7 @@ def test_older_than_the_installed_image_is_refused(make_image, store, trusted):
     with pytest.raises(RollbackError, match=r"older than version 1.2 \(installed\)"):
         install_image(make_image("1.1"), store, trusted)
     install_image(make_image("1.1"), store, trusted, allow_downgrade=True)
-    assert find_image(APP, store).version == "1.1"
+    assert _found(store).version == "1.1"
     assert not store.rollback_record.exists()  # nothing to lower: the record is not written
 
 
@@ -250,11 +256,11 @@ def test_list_system_first_shadowed_ids_left_out_broken_files_named(make_image, 
     (store.images_root / ".install-abc.tmp").write_bytes(b"half")
     listed = {i.id: i for i in list_images(store)}
     assert sorted(listed) == ["com.example.junk", APP, "com.example.other", "com.example.todo"]
-    assert isinstance(listed[APP], StoredImage) and (listed[APP].store, listed[APP].version) == ("system", "0.5")
-    assert find_image(APP, store).store == "system"
-    assert isinstance(listed["com.example.other"], BrokenImage)
-    assert "holds com.example.todo" in listed["com.example.other"].problem
-    assert "not a .wapp" in listed["com.example.junk"].problem
+    system, other, junk = listed[APP], listed["com.example.other"], listed["com.example.junk"]
+    assert isinstance(system, StoredImage) and (system.store, system.version) == ("system", "0.5")
+    assert _found(store).store == "system"
+    assert isinstance(other, BrokenImage) and "holds com.example.todo" in other.problem
+    assert isinstance(junk, BrokenImage) and "not a .wapp" in junk.problem
 
 
 def test_uninstall_removes_only_the_installed_image(make_image, store, trusted):
@@ -338,7 +344,7 @@ def test_cli_packs_and_installs_a_directory_in_one_step(sample_package, keypair,
     proc = pack("install", str(sample_package), "--image-key", str(keypair[0]), "--trusted-keys",
                 str(trusted_dir), env=env)
     assert proc.returncode == 0, proc.stderr
-    assert find_image(APP, store).version == "1.0.0"
+    assert _found(store).version == "1.0.0"
     assert not (store.install_root / APP).exists()  # an image, not a directory package
 
 

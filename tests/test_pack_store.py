@@ -20,9 +20,10 @@ def store(store_env) -> StorePaths:
 
 def _leftovers(store: StorePaths) -> list[str]:
     """What is in the store besides install records (tests/test_store_publisher.py checks those)."""
-    if not store.install_root.exists():
+    root = store.install_root
+    if root is None or not root.exists():
         return []
-    return sorted(p.name for p in store.install_root.iterdir() if not p.name.endswith(INSTALL_RECORD_SUFFIX))
+    return sorted(p.name for p in root.iterdir() if not p.name.endswith(INSTALL_RECORD_SUFFIX))
 
 
 def test_install_directory_and_list(sample_package, store):
