@@ -14,12 +14,10 @@ import pytest
 from weft.pack.footer import FooterError, FooterSignatureError, read_footer
 from weft.pack.image import ImageError, build_image
 from weft.pack.image_store import (
-    BrokenImage,
     ImageStoreError,
     StoredImage,
     find_image,
     install_image,
-    list_images,
     uninstall_image,
 )
 from weft.pack.keys import key_id, load_signing_key, load_verify_key
@@ -245,7 +243,7 @@ def test_unorderable_versions_are_refused(make_image, store, trusted):
 
 # --- list, find, uninstall ----------------------------------------------------------------
 
-def test_list_system_first_shadowed_ids_left_out_broken_files_named(make_image, store, trusted):
+def test_list_system_first_shadowed_ids_left_out_broken_files_named(make_image, store, trusted, trusted_dir):
     install_image(make_image("1.0.0"), store, trusted)
     install_image(make_image("1.0.0", app_id="com.example.todo"), store, trusted)
     system = store.system_images_root
@@ -254,13 +252,15 @@ def test_list_system_first_shadowed_ids_left_out_broken_files_named(make_image, 
     shutil.copy(make_image("1.0", app_id="com.example.todo"), store.images_root / "com.example.other.wapp")
     (store.images_root / "com.example.junk.wapp").write_bytes(b"junk")
     (store.images_root / ".install-abc.tmp").write_bytes(b"half")
-    listed = {i.id: i for i in list_images(store)}
-    assert sorted(listed) == ["com.example.junk", APP, "com.example.other", "com.example.todo"]
-    system, other, junk = listed[APP], listed["com.example.other"], listed["com.example.junk"]
-    assert isinstance(system, StoredImage) and (system.store, system.version) == ("system", "0.5")
+    listing = store.model_copy(update={"trusted_keys_dir": trusted_dir}).list_packages(kinds=("image",))
+    assert [(p.app_id, p.store, p.manifest.package.version) for p in listing.packages] == [
+        (APP, "system", "0.5"), ("com.example.todo", "user", "1.0.0")]
     assert _found(store).store == "system"
-    assert isinstance(other, BrokenImage) and "holds com.example.todo" in other.problem
-    assert isinstance(junk, BrokenImage) and "not a .wapp" in junk.problem
+    skipped = {entry.path.name: entry.reason for entry in listing.skipped}
+    assert sorted(skipped) == ["com.example.junk.wapp", f"{APP}.wapp", "com.example.other.wapp"]
+    assert "ships with the OS" in skipped[f"{APP}.wapp"]
+    assert "holds 'com.example.todo'" in skipped["com.example.other.wapp"]
+    assert "not a .wapp" in skipped["com.example.junk.wapp"]
 
 
 def test_uninstall_removes_only_the_installed_image(make_image, store, trusted):
@@ -296,9 +296,10 @@ def test_cli_install_list_info_uninstall(make_image, env, store, trusted_dir):
     proc = pack("install", str(image), "--trusted-keys", str(trusted_dir), env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"installed {APP} 1.2.3 (publisher " in proc.stdout
-    listed = json.loads(pack("list", "--json", env=env).stdout)
-    assert [(e["kind"], e["id"], e["version"], e["store"]) for e in listed] == [("image", APP, "1.2.3", "installed")]
-    assert f"{APP}  1.2.3  image (installed)" in pack("list", env=env).stdout
+    trusting = {**env, "WEFT_TRUSTED_KEYS": str(trusted_dir)}  # what `list` checks footers against
+    listed = json.loads(pack("list", "--json", env=trusting).stdout)
+    assert [(e["kind"], e["id"], e["version"], e["store"]) for e in listed] == [("image", APP, "1.2.3", "user")]
+    assert f"{APP}  Notes  1.2.3  image (user)" in pack("list", env=trusting).stdout
     info = json.loads(pack("info", APP, "--json", env=env).stdout)
     footer = read_footer(image)
     assert info["root_hash"] == footer.footer.verity.root_hash and info["file_size"] == image.stat().st_size

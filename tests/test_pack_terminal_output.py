@@ -62,7 +62,8 @@ def test_list_escapes_manifest_text(tmp_path: Path, env: dict[str, str]) -> None
     proc = _pack("list", env=env)
     assert proc.returncode == 0, proc.stderr
     assert _controls(proc.stdout) == []
-    assert proc.stdout.splitlines() == ["com.example.evil  Ev\\x1b]52;c;ZXZpbA==\\x07il\\u009b2J  1.0.0"]
+    assert proc.stdout.splitlines() == [
+        "com.example.evil  Ev\\x1b]52;c;ZXZpbA==\\x07il\\u009b2J  1.0.0  directory (user)"]
 
 
 @pytest.mark.parametrize("command", ["info", "list"])

@@ -76,7 +76,7 @@ def test_appd_catalogue_and_weft_pack_list_agree(stores: dict[str, str], caplog:
         catalogue = installed_apps(StorePaths.from_env(stores))
     proc = subprocess.run([*PACK, "list", "--json"], capture_output=True, text=True, env={**os.environ, **stores})
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    listed = [entry for entry in json.loads(proc.stdout) if entry["kind"] == "package"]
+    listed = [entry for entry in json.loads(proc.stdout) if entry["kind"] == "directory"]
     assert [a.app_id for a in catalogue] == [e["id"] for e in listed] == LISTED
     assert [(a.name, a.version) for a in catalogue] == [(e["name"], e["version"]) for e in listed]
     # both report every skipped entry: appd in its log, weft-pack on stderr
@@ -87,8 +87,9 @@ def test_appd_catalogue_and_weft_pack_list_agree(stores: dict[str, str], caplog:
 def test_weft_pack_list_human_output_skips_with_warnings(stores: dict[str, str]) -> None:
     proc = subprocess.run([*PACK, "list"], capture_output=True, text=True, env={**os.environ, **stores})
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stdout.splitlines() == ["com.example.also  Also  1.0.0", "com.example.good  Good  1.0.0",
-                                        "org.weft.shipped  Shipped  1.0.0"]
+    assert proc.stdout.splitlines() == ["com.example.also  Also  1.0.0  directory (user)",
+                                        "com.example.good  Good  1.0.0  directory (user)",
+                                        "org.weft.shipped  Shipped  1.0.0  directory (system)"]
     assert "ships with the OS" in proc.stderr and "nested deeper than" in proc.stderr
 
 

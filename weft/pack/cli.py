@@ -1,6 +1,7 @@
 """`weft-pack`: check, sign, bundle, install and image WEFT app packages."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.errors import UsageError, WeftError
 from weft.manifest import is_valid_app_id, load_manifest
-from weft.store import TRUSTED_KEYS_DIR, StorePaths
+from weft.store import PACKAGE_KINDS, TRUSTED_KEYS_DIR, StorePaths
 from weft.terminal import terminal_safe
 
 
@@ -140,12 +141,12 @@ def _install_image(args) -> int:
     if args.require_signature or args.key:
         raise UsageError("--require-signature/--key are for directory packages; an image is always "
                          "verified against the trusted keys (--trusted-keys DIR)")
-    key_dir = args.trusted_keys or TRUSTED_KEYS_DIR
+    store = StorePaths.from_env()
+    key_dir = args.trusted_keys or store.trusted_keys_dir  # the keys `list` trusts (WEFT_TRUSTED_KEYS)
     keys = load_trusted_keys(key_dir)
     if not keys:
         raise UsageError(f"no trusted publisher keys in {key_dir}; on a development host pass "
-                         f"--trusted-keys DIR (a directory of *.pub files)")
-    store = StorePaths.from_env()
+                         f"--trusted-keys DIR (a directory of *.pub files) or set WEFT_TRUSTED_KEYS")
     with tempfile.TemporaryDirectory(prefix="weft-pack-") as work:
         source = args.source
         if args.image_key:
@@ -175,30 +176,23 @@ def cmd_uninstall(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
-    from weft.pack.image_store import BrokenImage, list_images
-
+def cmd_list(args: argparse.Namespace) -> int:
+    """weft.store's one listing, the one appd's catalogue answers with (for the kind its app source
+    launches): both kinds here, each entry with its kind and store."""
     store = StorePaths.from_env()
-    listing = store.list_packages()  # the same listing appd's catalogue answers with
+    listing = store.list_packages(kinds=(args.kind,) if args.kind else PACKAGE_KINDS)
     for skipped in listing.skipped:
         _warn(f"skipping {skipped.path}: {skipped.reason}")
-    apps = listing.packages
-    images = list_images(store)
+    packages = listing.packages
     if args.json:
-        _out(json.dumps([{"kind": "package", "id": a.app_id, "name": a.manifest.package.name,
-                          "version": a.manifest.package.version, "path": str(a.path),
-                          "publisher": a.publisher, "store": a.store} for a in apps]
-                        + [{"kind": "image", **i.model_dump(mode="json")} for i in images], indent=2))
-    elif not apps and not images:
+        _out(json.dumps([{"id": p.app_id, "name": p.manifest.package.name, "version": p.manifest.package.version,
+                          "kind": p.kind, "store": p.store, "publisher": p.publisher, "path": str(p.path),
+                          "root_hash": p.root_hash} for p in packages], indent=2))
+    elif not packages:
         _out("no apps installed")
     else:
-        for app in apps:
-            _out(f"{app.app_id}  {_shown(app.manifest.package.name)}  {app.manifest.package.version}")
-        for image in images:
-            if isinstance(image, BrokenImage):
-                _out(f"{_shown(image.id)}  image ({image.store}), unusable: {_shown(image.problem)}")
-            else:
-                _out(f"{image.id}  {image.version}  image ({image.store})")
+        for p in packages:
+            _out(f"{p.app_id}  {_shown(p.manifest.package.name)}  {p.manifest.package.version}  {p.kind} ({p.store})")
     return 0
 
 
@@ -301,7 +295,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--image-key", type=Path, metavar="KEY",
                    help="pack the package directory into a .wapp signed with this private key, then install it")
     p.add_argument("--trusted-keys", "--keys", type=Path, metavar="DIR",
-                   help=f"trusted publisher keys for images (default: {TRUSTED_KEYS_DIR})")
+                   help=f"trusted publisher keys for images (default: $WEFT_TRUSTED_KEYS, else {TRUSTED_KEYS_DIR})")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install an image older than the installed or activated version (lowers the "
                         "device's rollback record: root only)")
@@ -310,6 +304,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--purge", action="store_true", help="also delete the app's data directory")
     p = command("list", cmd_list, "list installed packages and app images")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--kind", choices=PACKAGE_KINDS,
+                   help="only app images (what appd lists with WEFT_APP_SOURCE=verified) or only package "
+                        "directories (WEFT_APP_SOURCE=directory)")
     p = command("bundle", cmd_bundle, "write <id>.app.tar.zst from a package directory")
     p.add_argument("dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("."), help="output directory (default: .)")

@@ -3,6 +3,8 @@
 Two stores (weft.store): the system image store inside the verity-protected root (apps that
 ship with the OS, read-only) and the installed store on the state partition, which
 weft-mountd activates images from. The system store wins: an id it holds is never installed.
+Which images exist, for appd's catalogue and `weft-pack list`, is weft.store's one listing
+(`StorePaths.list_packages`); this module installs, finds and removes image files.
 
 Install copies the image into a temporary file in the store directory, verifies that copy
 completely (footer, signature by a trusted key, every data and hash block, the manifest
@@ -24,11 +26,10 @@ from nacl.signing import VerifyKey
 from pydantic import BaseModel, ConfigDict
 
 from weft.errors import WeftError
-from weft.manifest import require_app_id
 from weft.pack.footer import Footer, FooterError, SignedFooter, read_footer
-from weft.pack.image import IMAGE_SUFFIX, verify_image
+from weft.pack.image import verify_image
 from weft.rollback import RollbackError, RollbackRecord, RollbackRecordError, compare_versions, version_key
-from weft.store import StorePaths, publisher_from_key_id
+from weft.store import StorePaths, image_file, publisher_from_key_id
 
 log = logging.getLogger("weft.pack")
 
@@ -67,22 +68,8 @@ class StoredImage(BaseModel):
                    data_size=f.data_size, hash_size=f.verity.hash_size)
 
 
-class BrokenImage(BaseModel):
-    """A file in a store that weft-mountd would refuse (unreadable footer, wrong name)."""
-
-    model_config = ConfigDict(frozen=True)
-    id: str
-    store: StoreName
-    path: Path
-    problem: str
-
-
 def publisher_of(footer: Footer) -> str:
     return publisher_from_key_id(footer.key_id)
-
-
-def image_file(root: Path, app_id: str) -> Path:
-    return root / f"{require_app_id(app_id)}{IMAGE_SUFFIX}"
 
 
 def _store_roots(store: StorePaths) -> list[tuple[StoreName, Path]]:
@@ -107,23 +94,6 @@ def find_image(app_id: str, store: StorePaths) -> StoredImage | None:
         if path.is_file():
             return describe_image(path, name, expected_id=app_id)
     return None
-
-
-def list_images(store: StorePaths) -> list[StoredImage | BrokenImage]:
-    """Every image id in the stores, the system store's first (an id shadowed by it is left out)."""
-    seen: dict[str, StoredImage | BrokenImage] = {}
-    for name, root in _store_roots(store):
-        if not root.is_dir():
-            continue
-        for path in sorted(root.glob(f"*{IMAGE_SUFFIX}")):
-            app_id = path.name[:-len(IMAGE_SUFFIX)]
-            if path.name.startswith(".") or app_id in seen:
-                continue
-            try:
-                seen[app_id] = describe_image(path, name, expected_id=require_app_id(app_id))
-            except WeftError as exc:  # FooterError, or a file name that is no app id
-                seen[app_id] = BrokenImage(id=app_id, store=name, path=path, problem=str(exc))
-    return list(seen.values())
 
 
 def system_holds(app_id: str, store: StorePaths) -> bool:
