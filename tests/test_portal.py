@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from platform_support import wait_for
 
-from weft.daemons.file_portal import MAX_FILE_BYTES, MAX_REQUEST_BYTES
+from weft.daemons.protocol import PORTAL_MAX_FILE_BYTES, PORTAL_MAX_REQUEST_BYTES
 
 
 class PortalConnection:
@@ -116,12 +116,12 @@ def test_read_only_root_refuses_writes(portal, tree):
 
 
 def test_size_limits(portal, tree):
-    (tree["rw"] / "big.bin").write_bytes(b"\0" * (MAX_FILE_BYTES + 1))
+    (tree["rw"] / "big.bin").write_bytes(b"\0" * (PORTAL_MAX_FILE_BYTES + 1))
     assert "larger than" in portal.ask(op="read", path=str(tree["rw"] / "big.bin"))["error"]
-    too_big = base64.b64encode(b"\0" * (MAX_FILE_BYTES + 1)).decode()
+    too_big = base64.b64encode(b"\0" * (PORTAL_MAX_FILE_BYTES + 1)).decode()
     assert "larger than" in portal.ask(op="write", path=str(tree["rw"] / "x"), data_b64=too_big)["error"]
     assert not (tree["rw"] / "x").exists()
-    assert portal.raw(b"x" * (MAX_REQUEST_BYTES + 10)) == {"error": "request too large"}
+    assert portal.raw(b"x" * (PORTAL_MAX_REQUEST_BYTES + 10)) == {"error": "request too large"}
     assert portal.rfile.readline() == b""  # and the connection is closed
 
 

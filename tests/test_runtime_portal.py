@@ -61,6 +61,14 @@ def test_a_name_that_is_not_utf8_does_not_end_the_session(env: Env, writer: Runt
     assert writer.close() == ExitCode.OK
 
 
+def test_a_path_too_long_for_the_portal_is_an_error_for_the_guest(env: Env, writer: RuntimeUnderTest) -> None:
+    long_name = "/data/" + "d/" * 2100 + "f"  # over the portal's 4096-character path bound
+    assert writer.ask(f"files-read:{long_name}") == "err: bad request: String should have at most 4096 characters"
+    assert writer.ask(f"files-write:{long_name}:x") == "err: bad request: String should have at most 4096 characters"
+    assert writer.ask("echo:alive") == "alive"
+    assert writer.close() == ExitCode.OK
+
+
 def test_a_fifo_is_refused_and_no_portal_outlives_the_session(env: Env, writer: RuntimeUnderTest) -> None:
     os.mkfifo(data_dir(env, writer) / "fifo")
     started = time.monotonic()

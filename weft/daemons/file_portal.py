@@ -2,7 +2,7 @@
 
 Requests (one JSON object per line): {"op":"read","path":P}, {"op":"write","path":P,"data_b64":B},
 {"op":"list","path":P}. Replies: {"data_b64":...}, null (write succeeded), {"entries":[...]},
-or {"error": "..."}.
+or {"error": "..."}. The models and bounds are in weft/daemons/protocol.py ("weft-file-portal").
 
 Unlike the reference, which checked a lexically normalised path and then used the original
 one, every path is resolved by the kernel with openat2(RESOLVE_BENEATH) relative to a root
@@ -27,7 +27,6 @@ import binascii
 import contextlib
 import ctypes
 import errno
-import json
 import logging
 import os
 import signal
@@ -38,19 +37,25 @@ import struct
 import sys
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Annotated, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from typing import Protocol
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.daemons.protocol import (
+    PORTAL_MAX_FILE_BYTES,
+    PORTAL_MAX_LIST_ENTRIES,
+    PORTAL_MAX_REQUEST_BYTES,
+    PortalErrorReply,
+    PortalListReply,
+    PortalRead,
+    PortalReadReply,
+    PortalReply,
+    PortalWrite,
+    ProtocolError,
+    decode_portal_request,
+    encode_portal_reply,
+)
 from weft.errors import UsageError, WeftError
 
-MAX_FILE_BYTES = 4 << 20
-MAX_REQUEST_BYTES = MAX_FILE_BYTES * 4 // 3 + 4096
-MAX_LIST_ENTRIES = 10_000
-# The longest reply: MAX_LIST_ENTRIES names of NAME_MAX (255) bytes, each byte at most a
-# 6-character JSON escape, is 15.3 MB; a file is 4/3 of MAX_FILE_BYTES.
-MAX_REPLY_BYTES = 16 << 20
 PR_SET_PDEATHSIG = 1
 OPEN_FLAGS = os.O_NONBLOCK | os.O_NOCTTY  # opening a FIFO or a tty must neither block nor adopt it
 
@@ -61,43 +66,6 @@ RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    path: Annotated[str, Field(max_length=4096)]
-
-
-class ReadRequest(_Request):
-    op: Literal["read"]
-
-
-class WriteRequest(_Request):
-    op: Literal["write"]
-    data_b64: str
-
-
-class ListRequest(_Request):
-    op: Literal["list"]
-
-
-PortalRequest = TypeAdapter(Annotated[ReadRequest | WriteRequest | ListRequest, Field(discriminator="op")])
-
-
-class ReadReply(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    data_b64: str
-
-
-class ListReply(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    entries: list[str]
-    skipped_non_utf8: int = 0
-
-
-class ErrorReply(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    error: str
 
 
 class LineReader(Protocol):
@@ -168,15 +136,15 @@ class Portal:
             os.close(fd)
             raise Denied(f"not a regular file: {path}")
 
-    def read(self, path: str) -> dict[str, str]:
+    def read(self, path: str) -> PortalReadReply:
         root, inner = self.locate(path)
         fd = openat2(root.fd, inner, os.O_RDONLY | OPEN_FLAGS)  # symlinks are followed only while they stay beneath
         self._require_regular(fd, path)
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise Denied(f"file larger than {MAX_FILE_BYTES} bytes: {path}")
-        return {"data_b64": base64.b64encode(data).decode()}
+            data = fh.read(PORTAL_MAX_FILE_BYTES + 1)
+        if len(data) > PORTAL_MAX_FILE_BYTES:
+            raise Denied(f"file larger than {PORTAL_MAX_FILE_BYTES} bytes: {path}")
+        return PortalReadReply(data_b64=base64.b64encode(data).decode())
 
     def write(self, path: str, data_b64: str) -> None:
         root, inner = self.locate(path)
@@ -186,8 +154,8 @@ class Portal:
             data = base64.b64decode(data_b64, validate=True)
         except binascii.Error as exc:
             raise Denied(f"bad base64: {exc}") from None
-        if len(data) > MAX_FILE_BYTES:
-            raise Denied(f"file larger than {MAX_FILE_BYTES} bytes: {path}")
+        if len(data) > PORTAL_MAX_FILE_BYTES:
+            raise Denied(f"file larger than {PORTAL_MAX_FILE_BYTES} bytes: {path}")
         parts = PurePosixPath(inner).parts
         if not parts or parts[-1] in (".", ".."):
             raise Denied(f"not a regular file: {path}")  # the root itself is a directory
@@ -225,7 +193,7 @@ class Portal:
             os.close(current)
             raise
 
-    def list(self, path: str) -> dict[str, object]:
+    def list(self, path: str) -> PortalListReply:
         root, inner = self.locate(path)
         fd = openat2(root.fd, inner, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)
         names: list[str] = []
@@ -239,42 +207,42 @@ class Portal:
                         skipped += 1
                         continue
                     names.append(entry.name)
-                    if len(names) > MAX_LIST_ENTRIES:
-                        raise Denied(f"more than {MAX_LIST_ENTRIES} entries: {path}")
+                    if len(names) > PORTAL_MAX_LIST_ENTRIES:
+                        raise Denied(f"more than {PORTAL_MAX_LIST_ENTRIES} entries: {path}")
         finally:
             os.close(fd)
-        return {"entries": sorted(names), **({"skipped_non_utf8": skipped} if skipped else {})}
+        return PortalListReply(entries=sorted(names), skipped_non_utf8=skipped)
 
-    def handle(self, line: bytes) -> object:
+    def handle(self, line: bytes) -> PortalReply:
         try:
-            request = PortalRequest.validate_json(line)
-        except ValidationError as exc:
-            return {"error": f"bad request: {exc.errors()[0]['msg']}"}
+            request = decode_portal_request(line)
+        except ProtocolError as exc:
+            return PortalErrorReply(error=str(exc))
         try:
-            if isinstance(request, ReadRequest):
+            if isinstance(request, PortalRead):
                 return self.read(request.path)
-            if isinstance(request, WriteRequest):
+            if isinstance(request, PortalWrite):
                 self.write(request.path, request.data_b64)
                 return None
             return self.list(request.path)
         except Escape:
-            return {"error": f"access denied: {request.path}"}  # the path asked for, not the component
+            return PortalErrorReply(error=f"access denied: {request.path}")  # the path asked for, not the component
         except Denied as exc:
-            return {"error": str(exc)}
+            return PortalErrorReply(error=str(exc))
         except OSError as exc:
-            return {"error": f"{exc.strerror} (os error {exc.errno})"}
+            return PortalErrorReply(error=f"{exc.strerror} (os error {exc.errno})")
         except Exception as exc:  # noqa: BLE001 - our bug; still one request's error, not the session's end
             log.error("internal error on a %s request: %s: %s", request.op, type(exc).__name__, exc)
-            return {"error": f"internal error: {type(exc).__name__}"}
+            return PortalErrorReply(error=f"internal error: {type(exc).__name__}")
 
     def serve(self, rfile: LineReader, wfile: Writer) -> None:
-        while line := rfile.readline(MAX_REQUEST_BYTES + 1):
-            if len(line) > MAX_REQUEST_BYTES and not line.endswith(b"\n"):
-                wfile.write(b'{"error": "request too large"}\n')
+        while line := rfile.readline(PORTAL_MAX_REQUEST_BYTES + 1):
+            if len(line) > PORTAL_MAX_REQUEST_BYTES and not line.endswith(b"\n"):
+                wfile.write(encode_portal_reply(PortalErrorReply(error="request too large")))
                 wfile.flush()
                 return  # the rest of the oversized line cannot be parsed: close
             if line.strip():
-                wfile.write(json.dumps(self.handle(line)).encode() + b"\n")
+                wfile.write(encode_portal_reply(self.handle(line)))
                 wfile.flush()
 
 

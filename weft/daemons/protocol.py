@@ -519,3 +519,82 @@ async def read_mountd_request(reader: asyncio.StreamReader) -> bytes | None:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         raise ProtocolError("connection closed inside a frame") from None
+
+
+# ==== weft-file-portal =======================================================================
+# JSON lines (reference §6) between weft-file-portal (weft/daemons/file_portal.py) and its
+# client in the runtime (weft/daemons/runtime/channels.py): one request object per line, one
+# reply line for each. A successful write answers `null`. The line bounds follow from the
+# file and listing bounds, so all four live here.
+PORTAL_MAX_FILE_BYTES = 4 << 20
+PORTAL_MAX_REQUEST_BYTES = PORTAL_MAX_FILE_BYTES * 4 // 3 + 4096  # a whole file in base64, and the rest
+PORTAL_MAX_LIST_ENTRIES = 10_000
+# The longest reply: PORTAL_MAX_LIST_ENTRIES names of NAME_MAX (255) bytes, each byte at most a
+# 6-character JSON escape, is 15.3 MB; a file is 4/3 of PORTAL_MAX_FILE_BYTES.
+PORTAL_MAX_REPLY_BYTES = 16 << 20
+
+PortalPath = Annotated[str, Field(max_length=4096)]
+
+
+class PortalRead(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    op: Literal["read"] = "read"
+    path: PortalPath
+
+
+class PortalWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    op: Literal["write"] = "write"
+    path: PortalPath
+    data_b64: str
+
+
+class PortalList(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    op: Literal["list"] = "list"
+    path: PortalPath
+
+
+class PortalReadReply(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    data_b64: str
+
+
+class PortalListReply(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    entries: list[str]
+    skipped_non_utf8: int = 0  # names that are not UTF-8 (a WIT string cannot carry them); sent only when > 0
+
+
+class PortalErrorReply(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    error: str
+
+
+PortalRequest = PortalRead | PortalWrite | PortalList
+PortalReply = PortalReadReply | PortalListReply | PortalErrorReply | None
+_PORTAL_REQUEST: TypeAdapter[PortalRequest] = TypeAdapter(Annotated[PortalRequest, Field(discriminator="op")])
+_PORTAL_REPLY: TypeAdapter[PortalReply] = TypeAdapter(PortalReply)
+
+
+def encode_portal_request(request: PortalRequest) -> bytes:
+    return json.dumps(request.model_dump(mode="json")).encode() + b"\n"
+
+
+def decode_portal_request(line: bytes) -> PortalRequest:
+    try:
+        return _PORTAL_REQUEST.validate_json(line)
+    except ValidationError as exc:
+        raise ProtocolError(f"bad request: {exc.errors()[0]['msg']}") from None
+
+
+def encode_portal_reply(reply: PortalReply) -> bytes:
+    body = None if reply is None else reply.model_dump(mode="json", exclude_defaults=True)
+    return json.dumps(body).encode() + b"\n"
+
+
+def decode_portal_reply(line: bytes) -> PortalReply:
+    try:
+        return _PORTAL_REPLY.validate_json(line)
+    except ValidationError:
+        raise ProtocolError("malformed file portal reply") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import queue
 import socket
@@ -19,9 +18,22 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from weft.daemons import file_portal as portal_wire
+from weft.daemons.protocol import (
+    PORTAL_MAX_REPLY_BYTES,
+    PortalErrorReply,
+    PortalList,
+    PortalListReply,
+    PortalRead,
+    PortalReadReply,
+    PortalReply,
+    PortalRequest,
+    PortalWrite,
+    ProtocolError,
+    decode_portal_reply,
+    encode_portal_request,
+)
 from weft.daemons.relay import MAX_LINE_BYTES, Ipc, Launch, Ready, RelayError, ToRuntime, decode_line, encode_line
 from weft.daemons.runtime.grants import Grants
 
@@ -83,7 +95,6 @@ class PortalError(Exception):
 
 
 PORTAL_TIMEOUT_S = 5.0  # one request; reading or writing a 4 MiB local file takes milliseconds
-_PortalReply = TypeAdapter(portal_wire.ReadReply | portal_wire.ListReply | portal_wire.ErrorReply | None)
 
 
 class PortalClient:
@@ -116,12 +127,12 @@ class PortalClient:
             self.sock, self.rfile = ours, ours.makefile("rb")
         return self.sock, self.rfile
 
-    def _exchange(self, message: dict[str, str]) -> bytes:
+    def _exchange(self, request: PortalRequest) -> bytes:
         with self.lock:
             try:
                 sock, rfile = self._connect()
-                sock.sendall(json.dumps(message).encode() + b"\n")
-                line = rfile.readline(portal_wire.MAX_REPLY_BYTES + 1)
+                sock.sendall(encode_portal_request(request))
+                line = rfile.readline(PORTAL_MAX_REPLY_BYTES + 1)
             except TimeoutError:
                 self._discard()
                 raise PortalError(f"file portal did not answer within {PORTAL_TIMEOUT_S:g} s") from None
@@ -133,26 +144,28 @@ class PortalClient:
                 raise PortalError("file portal closed the connection" if not line else "file portal reply too large")
             return line
 
-    def request(self, op: str, guest_path: str, data: bytes | None = None) -> object:
+    def request(self, guest_path: str, make: Callable[[str], PortalRequest]) -> PortalReply:
+        """Send `make(host path)` for the guest's path; an error reply is a PortalError in the guest's terms."""
         located = self.grants.root_for(guest_path)
         if located is None:
             raise PortalError(f"access denied: {guest_path} is not under a granted root")
-        message: dict[str, str] = {"op": op, "path": str(located[1])}
-        if data is not None:
-            message["data_b64"] = base64.b64encode(data).decode()
-        line = self._exchange(message)
         try:
-            reply = _PortalReply.validate_json(line)
-        except ValidationError:
+            request = make(str(located[1]))
+        except ValidationError as exc:  # e.g. a path too long: what the portal would have answered
+            raise PortalError(f"bad request: {exc.errors()[0]['msg']}") from None
+        line = self._exchange(request)
+        try:
+            reply = decode_portal_reply(line)
+        except ProtocolError:
             self._discard()
             raise PortalError("file portal sent a malformed reply") from None
-        if isinstance(reply, portal_wire.ErrorReply):
+        if isinstance(reply, PortalErrorReply):
             raise PortalError(reply.error.replace(str(located[0].host), located[0].guest))
         return reply
 
     def read(self, guest_path: str) -> bytes:
-        reply = self.request("read", guest_path)
-        if not isinstance(reply, portal_wire.ReadReply):
+        reply = self.request(guest_path, lambda path: PortalRead(path=path))
+        if not isinstance(reply, PortalReadReply):
             raise PortalError("file portal sent a malformed reply")
         try:
             return base64.b64decode(reply.data_b64, validate=True)
@@ -160,12 +173,13 @@ class PortalClient:
             raise PortalError("file portal sent a malformed reply") from None
 
     def write(self, guest_path: str, data: bytes) -> None:
-        if self.request("write", guest_path, data) is not None:
+        data_b64 = base64.b64encode(data).decode()
+        if self.request(guest_path, lambda path: PortalWrite(path=path, data_b64=data_b64)) is not None:
             raise PortalError("file portal sent a malformed reply")
 
     def list_dir(self, guest_path: str) -> list[str]:
-        reply = self.request("list", guest_path)
-        if not isinstance(reply, portal_wire.ListReply):
+        reply = self.request(guest_path, lambda path: PortalList(path=path))
+        if not isinstance(reply, PortalListReply):
             raise PortalError("file portal sent a malformed reply")
         for name in reply.entries:  # a WIT string must be valid UTF-8 (lone surrogates are not)
             try:
