@@ -20,7 +20,7 @@ from typing import Any
 from nacl.signing import SigningKey, VerifyKey
 
 from weft.errors import WeftError
-from weft.manifest import MANIFEST_NAME, ManifestError, parse_manifest
+from weft.manifest import MANIFEST_NAME
 from weft.pack.check import check_package
 from weft.pack.footer import (
     BLOCK_SIZE,
@@ -32,11 +32,11 @@ from weft.pack.footer import (
     seal_footer,
     verify_footer_signature,
 )
+from weft.pack.image_manifest import ImageManifestError, inner_manifest
 from weft.pack.keys import key_id
 from weft.pack.tree import copy_package
 from weft.proc import find_tool, run
 from weft.verity import VerityMismatch, VerityParams, format_hash, verify_hash
-from weft.verity.erofs import ErofsError, read_erofs_file
 
 IMAGE_SUFFIX = ".wapp"
 # Fixed namespace for the image UUID: uuid5(namespace, "<id>\n<version>").
@@ -153,17 +153,12 @@ def verify_image(path: str | os.PathLike[str], keys: Iterable[VerifyKey], *,
 
 
 def _check_inner_manifest(path: str | os.PathLike[str], footer: Footer) -> None:
-    """The manifest inside the (now verified) EROFS data must be the one the footer names."""
+    """The manifest inside the (now verified) EROFS data must be the one the footer names
+    (the same check the store listing makes: weft.pack.image_manifest)."""
     try:
-        raw = read_erofs_file(path, MANIFEST_NAME, image_size=footer.data_size)
-        if manifest_digest(raw) != footer.manifest_sha256:
-            raise ImageError(f"the {MANIFEST_NAME} inside the image does not match the footer's manifest digest")
-        manifest = parse_manifest(raw.decode("utf-8"))
-    except (ErofsError, ManifestError, UnicodeDecodeError) as exc:
-        raise ImageError(f"the {MANIFEST_NAME} inside the image is unusable: {exc}") from None
-    if (manifest.app_id, manifest.package.version) != (footer.app_id, footer.version):
-        raise ImageError(f"mismatched id: the footer says {footer.app_id} {footer.version}, the manifest "
-                         f"inside says {manifest.app_id} {manifest.package.version}")
+        inner_manifest(path, footer)
+    except ImageManifestError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def describe(signed: SignedFooter) -> dict[str, Any]:
