@@ -148,5 +148,6 @@ class GuardedTarStream(io.RawIOBase):
             if length == 0:
                 raise UnsafeTarError("corrupt PAX header")
             if keyword == b"size" or keyword.startswith(b"GNU.sparse."):
-                raise UnsafeTarError(f"PAX record '{terminal_safe(keyword.decode('utf-8', 'replace'))}' is not allowed in a bundle")
+                name = terminal_safe(keyword.decode("utf-8", "replace"))
+                raise UnsafeTarError(f"PAX record '{name}' is not allowed in a bundle")
             pos += length
