@@ -40,7 +40,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -310,7 +310,7 @@ class StorePaths(BaseModel):
             return self._read_image(store, root, app_id, keys)
         return self._read_package(store, root, app_id)
 
-    def list_packages(self, kinds: Collection[PackageKind] = PACKAGE_KINDS) -> PackageListing:
+    def list_packages(self, kinds: tuple[PackageKind, ...] = PACKAGE_KINDS) -> PackageListing:
         """Every package of the given kinds that exists by the store's rules, and what was skipped."""
         found: dict[tuple[str, PackageKind], InstalledPackage] = {}
         skipped: list[SkippedEntry] = []

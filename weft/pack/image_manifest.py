@@ -50,11 +50,12 @@ def read_trusted_manifest(path: Path, keys: Sequence[VerifyKey]) -> TrustedImage
     except OSError as exc:
         what = "is a symbolic link, not an image" if exc.errno == errno.ELOOP else f"cannot be read: {exc.strerror}"
         raise ImageManifestError(f"{path} {what}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory (a package directory is not an image)" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ImageManifestError(f"{path} is {what}")
     with open(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            what = "a directory (a package directory is not an image)" if stat.S_ISDIR(mode) else "not a regular file"
-            raise ImageManifestError(f"{path} is {what}")
         signed = read_footer_fd(fd, str(path))
         verify_footer_signature(signed, keys)
         return TrustedImage(signed=signed, manifest=inner_manifest(fh, signed.footer))
