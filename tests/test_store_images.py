@@ -276,3 +276,14 @@ def test_a_running_appd_answers_with_the_listing_of_its_app_source(env: Env, sto
     assert [(a.app_id, a.name, a.version) for a in reply.apps] == [(e["id"], e["name"], e["version"]) for e in listed]
     assert [a.app_id for a in reply.apps] == [app_id for app_id, _name, _store in
                                               (IMAGES if mode == "verified" else DIRECTORIES)]
+
+
+def test_install_trusts_the_same_keys_as_the_listing(stores: dict[str, str], tmp_path: Path) -> None:
+    """`weft-pack install FILE.wapp` without --trusted-keys checks against $WEFT_TRUSTED_KEYS, the
+    directory the listing checks footers against, so what installs is what gets listed."""
+    env = {**stores, "WEFT_IMAGE_STORE": str(tmp_path / "images")}
+    good = Path(stores["WEFT_IMAGE_STORE"]) / "com.example.good.wapp"
+    proc = _pack("install", str(good), env={**env, "WEFT_ROLLBACK_RECORD": str(tmp_path / "versions.json")})
+    assert proc.stdout.startswith("installed com.example.good 1.0.0 (publisher ")
+    assert [e["id"] for e in json.loads(_pack("list", "--json", "--kind", "image", env=env).stdout)] == [
+        "com.example.good", SHIPPED]
