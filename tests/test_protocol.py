@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import msgpack
@@ -58,7 +59,8 @@ def test_launch_validates_the_app_id(app_id):
     ("QUERY_RUNNING", "must be a map or an array"),
     ({"type": "TERMINATE_APP", "session_id": 0}, "invalid TERMINATE_APP"),
     ({"type": "TERMINATE_APP", "session_id": "x"}, "invalid TERMINATE_APP"),
-    ({"type": "IPC_FORWARD", "session_id": 1, "payload": "x" * (protocol.MAX_PAYLOAD_BYTES + 1)}, "invalid IPC_FORWARD"),
+    ({"type": "IPC_FORWARD", "session_id": 1, "payload": "x" * (protocol.MAX_PAYLOAD_BYTES + 1)},
+     "invalid IPC_FORWARD"),
 ])
 def test_invalid_requests_are_protocol_errors(data, message):
     with pytest.raises(protocol.ProtocolError, match=message):
@@ -177,7 +179,19 @@ def test_fuzzed_msgpack_requests_give_a_request_or_a_protocol_error(value):
 
 @given(st.binary(max_size=200))
 def test_fuzzed_bytes_give_a_request_or_a_protocol_error(body):
-    try:
+    with contextlib.suppress(protocol.ProtocolError):
         protocol.parse_request(protocol.decode_body(body))
-    except protocol.ProtocolError:
-        pass
+
+
+def test_payload_cap_is_in_utf8_bytes_so_every_ipc_message_fits_a_frame():
+    largest = "\U0001f600" * (protocol.MAX_PAYLOAD_BYTES // 4)  # 4 bytes each: exactly at the cap
+    assert protocol.IpcForward(session_id=1, payload=largest).payload == largest
+    frame = protocol.encode_frame(protocol.IpcMessage(session_id=1, payload=largest))
+    assert len(frame) < protocol.MAX_FRAME_BYTES
+    with pytest.raises(protocol.ProtocolError, match="exceeds"):
+        protocol.parse_request({"type": "IPC_FORWARD", "session_id": 1, "payload": largest + "x"})
+    with pytest.raises(relay.RelayError):
+        relay.decode_line(json.dumps({"t": "ipc", "payload": "\u00e9" * protocol.MAX_PAYLOAD_BYTES}).encode() + b"\n",
+                          relay.FromRuntime)
+    with pytest.raises(protocol.ProtocolError, match="invalid IPC_FORWARD"):  # a lone surrogate cannot be encoded
+        protocol.decode_json_request('{"type":"IPC_FORWARD","session_id":1,"payload":"\\ud800"}')

@@ -335,7 +335,7 @@ def _check_length(header: bytes) -> int:
     (length,) = LENGTH.unpack(header)
     if length > MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
-    return length
+    return int(length)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:

@@ -20,10 +20,11 @@ from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.appd.cgroups import AppCgroups
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.dispatch import Caller, Dispatcher
+from weft.daemons.appd.hub import Hub
 from weft.daemons.appd.runtime_dir import RuntimeDir
 from weft.daemons.appd.runtimes import RuntimePool
 from weft.daemons.appd.sd_notify import sd_notify
-from weft.daemons.appd.sessions import Hub, SessionManager
+from weft.daemons.appd.sessions import SessionManager
 from weft.daemons.appd.tokens import load_or_create_boot_token
 from weft.daemons.appd.unix_socket import UnixServer
 from weft.daemons.appd.websocket import WebSocketServer

@@ -10,7 +10,8 @@ import logging
 from dataclasses import dataclass
 
 from weft.daemons.appd.catalog import installed_apps
-from weft.daemons.appd.sessions import Busy, Hub, NotRunning, SessionManager
+from weft.daemons.appd.hub import Hub
+from weft.daemons.appd.sessions import Busy, NotRunning, SessionManager
 from weft.daemons.protocol import (
     AppState,
     Error,
@@ -59,10 +60,10 @@ class Dispatcher:
         self.max_sessions = max_sessions
 
     async def handle(self, request: Message, caller: Caller) -> Message:
-        if caller.bound_session is not None:
-            if not isinstance(request, SESSION_REQUESTS) or request.session_id != caller.bound_session:
-                return Error(code=ErrorCode.NOT_PERMITTED,
-                             message=f"this connection may only use session {caller.bound_session}")
+        if caller.bound_session is not None and (
+                not isinstance(request, SESSION_REQUESTS) or request.session_id != caller.bound_session):
+            return Error(code=ErrorCode.NOT_PERMITTED,
+                         message=f"this connection may only use session {caller.bound_session}")
         if isinstance(request, LaunchApp):
             return self._launch(request)
         if isinstance(request, QueryRunning):

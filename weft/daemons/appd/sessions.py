@@ -1,4 +1,4 @@
-"""Sessions: the registry, the broadcast hub and one supervisor task per session.
+"""Sessions: the registry and one supervisor task per session (broadcasts go through hub.py).
 
 Lifecycle: starting → running (the runtime relayed READY) → stopping (terminate requested)
 → stopped. Every path ends in the supervisor's `finally`: the runtime gets SIGTERM, then
@@ -9,48 +9,21 @@ there is no lock to deadlock on (the reference hung in IPC_FORWARD, §11.2).
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 
 from weft.daemons.appd.cgroups import CgroupError
 from weft.daemons.appd.config import AppdConfig
+from weft.daemons.appd.hub import Hub
+from weft.daemons.appd.mailbox import Mailbox
 from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
 from weft.daemons.appd.tokens import new_session_token, same_token
-from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, Message, SessionState
+from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, SessionState
 from weft.daemons.relay import Ipc, Launch, Ready, RelayError
 
 log = logging.getLogger("weft.appd")
 
-MAILBOX_SIZE = 256  # app→UI messages kept for IPC_RECV pullers; older ones are dropped
 STOPPED_KEPT = 256  # stopped sessions remembered for QUERY_APP_STATE (the reference kept all)
 MAX_RELAY_BACKLOG = 1 << 20
-SUBSCRIBER_QUEUE = 4096
-
-
-class Subscriber:
-    """A push client (a WebSocket). `session_id` None sees every broadcast; otherwise only
-    that session's messages."""
-
-    def __init__(self, session_id: int | None):
-        self.session_id = session_id
-        self.queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.dropped = 0
-
-    def offer(self, message: Message) -> None:
-        if self.queue.qsize() >= SUBSCRIBER_QUEUE:
-            self.dropped += 1  # a client that does not read loses broadcasts, never blocks appd
-            return
-        self.queue.put_nowait(message)
-
-
-class Hub:
-    def __init__(self) -> None:
-        self.subscribers: set[Subscriber] = set()
-
-    def publish(self, message: Message, session_id: int | None = None) -> None:
-        for subscriber in self.subscribers:
-            if subscriber.session_id is None or subscriber.session_id == session_id:
-                subscriber.offer(message)
 
 
 class Session:
@@ -60,7 +33,7 @@ class Session:
         self.state = SessionState.STARTING
         self.token = new_session_token()
         self.runtime: RuntimeProcess | None = None
-        self.mailbox: collections.deque[str] = collections.deque(maxlen=MAILBOX_SIZE)
+        self.mailbox = Mailbox()  # app→UI messages for IPC_RECV pullers, bounded in count and bytes
         self.mail = asyncio.Event()  # set while the mailbox has messages or the session has ended
         self.task: asyncio.Task[None] | None = None
 
@@ -134,7 +107,7 @@ class SessionManager:
             log.info("session %d: %s in runtime %d", session.id, session.app_id, session.runtime.pid)
             await asyncio.wait_for(self._until_ready(session), self.config.ready_timeout_s)
             await self._relay(session)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("session %d: no READY within %.0f s", session.id, self.config.ready_timeout_s)
         except (RelayError, ValueError, ConnectionError, OSError) as exc:
             log.error("session %d: relay failed: %s", session.id, exc)
@@ -166,7 +139,7 @@ class SessionManager:
 
     def _deliver(self, session: Session, payload: str) -> None:
         self.hub.publish(IpcMessage(session_id=session.id, payload=payload), session.id)
-        session.mailbox.append(payload)
+        session.mailbox.put(payload)
         session.mail.set()
 
     async def _teardown(self, session: Session) -> None:
@@ -190,10 +163,10 @@ class SessionManager:
         session has ended and nothing is left."""
         try:
             await asyncio.wait_for(session.mail.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         if session.mailbox:
-            message = session.mailbox.popleft()
+            message = session.mailbox.take()
             if not session.mailbox and session.live:
                 session.mail.clear()
             return message

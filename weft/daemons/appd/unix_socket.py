@@ -2,7 +2,9 @@
 
 A malformed body gets an ERROR reply and the connection stays usable (the framing is still
 in step); a frame over the size cap gets an ERROR and the connection is closed, because the
-stream cannot be resynchronised without reading what the peer claims to send.
+stream cannot be resynchronised without reading what the peer claims to send. A client holds
+at most one reply in appd's memory: one that does not read it for SEND_TIMEOUT_S is
+disconnected. Accepting is bounded too (accept.py, MAX_UNIX_CLIENTS).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.appd.runtime_dir import RuntimeDir
 from weft.daemons.protocol import (
     Error,
+    ErrorCode,
     FrameTooLarge,
+    Message,
     ProtocolError,
     decode_body,
     encode_frame,
@@ -30,6 +34,7 @@ from weft.errors import WeftError
 log = logging.getLogger("weft.appd")
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
 MAX_UNIX_CLIENTS = 128  # same-uid clients; a bound keeps a runaway script from using up descriptors
+SEND_TIMEOUT_S = 10.0
 
 
 class UnixServer:
@@ -94,6 +99,9 @@ class UnixServer:
             await self._serve(reader, writer)
         except (ConnectionError, OSError):
             pass
+        except SlowReader as exc:
+            log.warning("closing a Unix client: %s", exc)
+            writer.transport.abort()  # its buffers are full: nothing more can be sent
         finally:
             self.clients.discard(writer)
             writer.close()
@@ -104,8 +112,7 @@ class UnixServer:
             try:
                 body = await read_frame(reader)
             except FrameTooLarge as exc:
-                writer.write(encode_frame(Error(code=exc.code, message=str(exc))))
-                await writer.drain()
+                await _send(writer, Error(code=exc.code, message=str(exc)))
                 return
             except ProtocolError:
                 return  # the peer hung up inside a frame
@@ -115,5 +122,22 @@ class UnixServer:
                 reply = await self.dispatcher.handle(parse_request(decode_body(body)), caller)
             except ProtocolError as exc:
                 reply = Error(code=exc.code, message=str(exc))
-            writer.write(encode_frame(reply))
-            await writer.drain()
+            await _send(writer, reply)
+
+
+class SlowReader(Exception):
+    pass
+
+
+async def _send(writer: asyncio.StreamWriter, reply: Message) -> None:
+    """Write one reply and wait until the peer has taken it: a client holds at most one reply in
+    appd's memory, and one that does not read for SEND_TIMEOUT_S is disconnected."""
+    try:
+        frame = encode_frame(reply)
+    except ProtocolError as exc:  # a reply over the frame cap: say so instead of failing the connection
+        frame = encode_frame(Error(code=ErrorCode.BAD_REQUEST, message=f"the reply is too large: {exc}"))
+    writer.write(frame)
+    try:
+        await asyncio.wait_for(writer.drain(), SEND_TIMEOUT_S)
+    except TimeoutError:
+        raise SlowReader(f"it has not read a reply of {len(frame)} bytes for {SEND_TIMEOUT_S:.0f} s") from None

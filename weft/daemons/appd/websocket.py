@@ -4,6 +4,11 @@ Connecting needs `?token=`: the per-boot token (a control connection: every requ
 broadcast) or a session token (bound to that session: its IPC and state only). A browser's
 `Origin` must match too: a control origin from WEFT_APPD_ORIGINS, or `weft-app://<app_id>`
 for a session connection. Clients without `Origin` are local programs, not web pages.
+
+Limits: at most MAX_PENDING_HANDSHAKES connections may wait for their upgrade request (the
+oldest is dropped), a handshake must finish within HANDSHAKE_TIMEOUT_S, at most MAX_CLIENTS
+are admitted, and what is queued for a client is bounded in bytes (hub.py): a client that does
+not read is disconnected.
 """
 from __future__ import annotations
 
@@ -16,14 +21,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from weft.daemons.appd.accept import LISTEN_BACKLOG, RateLimitedWarning, accept_forever
 from weft.daemons.appd.dispatch import Caller, Dispatcher
-from weft.daemons.appd.sessions import Hub, SessionManager, Subscriber
+from weft.daemons.appd.hub import Hub, Subscriber
+from weft.daemons.appd.sessions import SessionManager
 from weft.daemons.appd.tokens import same_token
-from weft.daemons.protocol import MAX_FRAME_BYTES, Error, ProtocolError, decode_json_request, encode_json
+from weft.daemons.protocol import MAX_FRAME_BYTES, Error, ProtocolError, decode_json_request
 
 log = logging.getLogger("weft.appd")
 
@@ -31,6 +38,7 @@ log = logging.getLogger("weft.appd")
 MAX_PENDING_HANDSHAKES = 64  # accepted connections that have not been admitted yet
 HANDSHAKE_TIMEOUT_S = 5.0  # from accept to the end of the opening handshake
 MAX_CLIENTS = 256  # admitted connections (shells, app pages, local programs)
+SLOW_CLOSE_TIMEOUT_S = 2.0
 
 
 class _PendingHandshakes:
@@ -92,6 +100,7 @@ class WebSocketServer:
         self.server: Server | None = None
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task[None] | None = None
+        self.closing: set[asyncio.Task[None]] = set()  # connections being dropped for not reading
 
     async def start(self) -> int:
         """Bind 127.0.0.1 (loopback only) and return the port actually bound."""
@@ -158,8 +167,7 @@ class WebSocketServer:
         assert isinstance(connection, _Connection) and connection.caller is not None
         caller = connection.caller
         self.open_connections += 1
-        subscriber = Subscriber(caller.bound_session)
-        self.hub.subscribers.add(subscriber)
+        subscriber = self.hub.subscribe(caller.bound_session, lambda reason: self._drop(connection, reason))
         sender = asyncio.create_task(self._send_all(connection, subscriber))
         try:
             async for frame in connection:
@@ -169,20 +177,35 @@ class WebSocketServer:
                     reply = await self.dispatcher.handle(decode_json_request(frame), caller)
                 except ProtocolError as exc:
                     reply = Error(code=exc.code, message=str(exc))
-                subscriber.queue.put_nowait(reply)  # one queue, one sender: replies stay in order
+                subscriber.offer(reply)  # one queue, one sender: replies stay in order, within the budget
         except ConnectionClosed:
             pass
         finally:
             self.open_connections -= 1
-            self.hub.subscribers.discard(subscriber)
+            self.hub.unsubscribe(subscriber)
             sender.cancel()
-            if subscriber.dropped:
-                log.warning("a WebSocket client missed %d broadcasts", subscriber.dropped)
+
+    def _drop(self, connection: _Connection, reason: str) -> None:
+        """The hub dropped this client's queue: close the connection (it is not reading)."""
+        assert connection.caller is not None
+        who = "control" if connection.caller.bound_session is None else f"session {connection.caller.bound_session}"
+        log.warning("closing a WebSocket client (%s) that does not read its messages: %s", who, reason)
+        task = asyncio.create_task(self._close_slow(connection))
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    @staticmethod
+    async def _close_slow(connection: ServerConnection) -> None:
+        try:
+            async with asyncio.timeout(SLOW_CLOSE_TIMEOUT_S):  # its buffers are full: the close frame may not go out
+                await connection.close(CloseCode.POLICY_VIOLATION, "not reading its messages")
+        except TimeoutError:
+            connection.transport.abort()
 
     @staticmethod
     async def _send_all(connection: ServerConnection, subscriber: Subscriber) -> None:
         try:
             while True:
-                await connection.send(encode_json(await subscriber.queue.get()))
+                await connection.send(await subscriber.next())
         except ConnectionClosed:
             pass
