@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,10 @@ def with_capabilities(package: Path, target: Path, app_id: str, capabilities: li
 
 
 class Env:
-    """An isolated user environment: runtime dir, app store, app data, HOME."""
+    """An isolated user environment: runtime dir, app store, app data, HOME.
+
+    appd and the runtime run packages from directories here (WEFT_APP_SOURCE=directory, the
+    developer setting); tests/test_appd_verified.py launches through a fake weft-mountd instead."""
 
     def __init__(self, root: Path, cache: Path):
         self.root = root
@@ -92,6 +96,7 @@ class Env:
             "HOME": str(self.home),
             "WEFT_APPD_WS_PORT": "0",
             "WEFT_APP_CGROUPS": "off",
+            "WEFT_APP_SOURCE": "directory",
         }
         # every test shares the compiled artifacts: point this env's cache at them
         (root / "cache").mkdir(mode=0o700)
@@ -206,7 +211,8 @@ def appd_factory(env: Env) -> Iterator[Callable[..., Appd]]:
 class RuntimeUnderTest:
     """weft-runtime started the way appd does it (standby + launch over the relay), without appd."""
 
-    def __init__(self, env: Env, app_id: str, session_id: int = 7, memory_mib: int = 128):
+    def __init__(self, env: Env, app_id: str, session_id: int = 7, memory_mib: int = 128,
+                 package_root: Path | None = None):
         ours, theirs = socket.socketpair()
         self.stderr_path = env.root / f"runtime-{app_id}-{session_id}.log"
         with open(self.stderr_path, "wb") as stderr:
@@ -217,7 +223,13 @@ class RuntimeUnderTest:
         self.sock = ours
         self.sock.settimeout(30)
         self.rfile = ours.makefile("rb")
-        self.sock.sendall(encode_line(Launch(app_id=app_id, session_id=session_id, memory_mib=memory_mib)))
+        if package_root is None:  # what appd's directory source picks
+            package = StorePaths.from_env(env.vars).resolve_package(app_id)
+            package_root, publisher = package.path, package.publisher
+        else:
+            publisher = "unsigned"
+        self.sock.sendall(encode_line(Launch(app_id=app_id, session_id=session_id, memory_mib=memory_mib,
+                                             package_root=package_root, publisher=publisher)))
 
     def next(self) -> Ready | Ipc | None:
         line = self.rfile.readline()
@@ -251,7 +263,7 @@ class RuntimeUnderTest:
 def runtime_factory(env: Env) -> Iterator[Callable[..., RuntimeUnderTest]]:
     started: list[RuntimeUnderTest] = []
 
-    def start(app_id: str, **kwargs: int) -> RuntimeUnderTest:
+    def start(app_id: str, **kwargs: Any) -> RuntimeUnderTest:
         started.append(RuntimeUnderTest(env, app_id, **kwargs))
         return started[-1]
 

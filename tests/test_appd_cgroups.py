@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from platform_support import wait_for
 
+from weft.daemons.appd.app_source import DirectorySource, PackageRoot
 from weft.daemons.appd.cgroups import AppCgroups, CgroupError, own_cgroup
 from weft.daemons.appd.config import AppdConfig, AppLimits
 from weft.daemons.appd.runtimes import RuntimePool
@@ -167,11 +168,12 @@ def test_a_session_runtime_is_in_its_cgroup_before_the_launch_message(fs_root: P
     async def scenario() -> None:
         cgroups = FakeKernel.delegated(config.app_limits, fs_root, OWN)
         pool = RuntimePool(config, cgroups)
-        manager = SessionManager(config, pool, Hub())
+        manager = SessionManager(config, pool, Hub(), DirectorySource(config.store))
         pool.start()
         await asyncio.sleep(0)
         for _ in range(2):  # the first from the pool, the second spawned after it
-            session = manager.launch("org.example.app")
+            session = manager.launch(PackageRoot(app_id="org.example.app", path=tmp_path, publisher="unsigned",
+                                                 origin=str(tmp_path)))
             for _ in range(500):
                 if session.state != SessionState.STARTING:
                     break

@@ -34,7 +34,7 @@ def compared(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
 
 
 def _manager_with(*sessions: Session) -> SessionManager:
-    manager = SessionManager(cast(Any, None), cast(Any, None), Hub())
+    manager = SessionManager(cast(Any, None), cast(Any, None), Hub(), cast(Any, None))
     for session in sessions:
         manager.sessions[session.id] = session
     return manager

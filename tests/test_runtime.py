@@ -160,11 +160,20 @@ def test_a_trapping_guest_exits_with_failure(env, probe, runtime_factory):
     assert runtime.process.wait(10) == ExitCode.FAILED
 
 
-def test_unknown_app_fails_with_a_clear_message(env, runtime_factory):
-    runtime = runtime_factory("org.weft.not.installed")
+def test_a_package_root_without_the_app_fails_with_a_clear_message(env, runtime_factory):
+    runtime = runtime_factory("org.weft.not.installed", package_root=env.store / "org.weft.not.installed")
     assert runtime.next() is None
     assert runtime.process.wait(10) == 1
-    assert "package 'org.weft.not.installed' not found" in runtime.log()
+    assert f"wapp.toml: not found in {env.store / 'org.weft.not.installed'}" in runtime.log()
+    assert "Traceback" not in runtime.log()
+
+
+def test_the_runtime_checks_the_manifest_id_of_the_package_appd_names(env, built_apps, runtime_factory):
+    """appd chooses the package root; the runtime still refuses one that holds another app."""
+    runtime = runtime_factory("org.weft.demo.other", package_root=built_apps["org.weft.demo.counter"])
+    assert runtime.next() is None
+    assert runtime.process.wait(10) == 1
+    assert "holds 'org.weft.demo.counter', not 'org.weft.demo.other'" in runtime.log()
     assert "Traceback" not in runtime.log()
 
 

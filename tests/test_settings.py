@@ -45,7 +45,8 @@ def test_appd_relay_and_runtime_cli_agree_on_memory_bounds(value: int) -> None:
     except settings.SettingError:
         appd_accepts = False
     try:
-        Launch(app_id="org.example.app", session_id=1, memory_mib=value)
+        Launch(app_id="org.example.app", session_id=1, memory_mib=value, package_root=Path("/run/weft/apps/x"),
+               publisher="unsigned")
         relay_accepts = True
     except ValidationError:
         relay_accepts = False

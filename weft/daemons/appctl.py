@@ -3,6 +3,9 @@
     weft-appctl ps | apps | launch APP_ID [--wait-ready] | send SID PAYLOAD | recv SID | stop SID
 
 With --json each command prints appd's reply as one JSON object.
+
+A launch that fails prints `error: APP_ID: REASON: MESSAGE` and exits with the reason's code
+(LAUNCH_EXIT_CODES, documented in docs/platform.md); other failures exit 1, usage errors 2.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from weft.daemons.protocol import (
     MAX_RECV_TIMEOUT_MS,
     AppState,
     Client,
+    EndReason,
     Error,
     InstalledApps,
     IpcForward,
@@ -28,6 +32,7 @@ from weft.daemons.protocol import (
     IpcRecv,
     LaunchAck,
     LaunchApp,
+    LaunchReason,
     Message,
     QueryAppState,
     QueryInstalledApps,
@@ -39,9 +44,37 @@ from weft.daemons.protocol import (
 )
 from weft.errors import UsageError, WeftError
 from weft.manifest import require_app_id
+from weft.terminal import terminal_safe
 
 POLL_S = 0.01
 MAX_RECV_TIMEOUT_S = MAX_RECV_TIMEOUT_MS // 1000
+
+# Why a launch failed -> exit status of `weft-appctl launch` (and of `--wait-ready` when the
+# session ends before READY). A reason this table does not know yet exits 1.
+LAUNCH_EXIT_CODES: dict[str, int] = {
+    LaunchReason.NOT_INSTALLED: 10,
+    LaunchReason.UNKNOWN_KEY: 11,
+    LaunchReason.BAD_SIGNATURE: 12,
+    LaunchReason.CORRUPTED: 13,  # refused at mount, or (EndReason) seen while the app ran
+    LaunchReason.ROLLBACK: 14,
+    LaunchReason.BAD_IMAGE: 15,
+    LaunchReason.ID_MISMATCH: 16,
+    LaunchReason.MOUNT_FAILED: 17,
+    LaunchReason.NOT_PERMITTED: 18,
+    LaunchReason.BAD_REQUEST: 19,
+    LaunchReason.MOUNTD_UNAVAILABLE: 20,
+    LaunchReason.BAD_PACKAGE: 21,
+    EndReason.FAILED: 22,
+    EndReason.READY_TIMEOUT: 23,
+    EndReason.RELAY_FAILED: 24,
+    EndReason.CGROUP_FAILED: 25,
+}
+
+
+class LaunchFailed(WeftError):
+    def __init__(self, app_id: str, reason: str, message: str) -> None:
+        self.exit_code = LAUNCH_EXIT_CODES.get(reason, 1)
+        super().__init__(f"{app_id}: {reason}: {message}")
 
 
 def _socket_path(explicit: str | None) -> str:
@@ -53,19 +86,23 @@ def _socket_path(explicit: str | None) -> str:
         raise UsageError(f"{exc}; pass --socket") from None
 
 
-def _checked(reply: Message) -> Message:
+def _checked(reply: Message, launching: str | None = None) -> Message:
     if isinstance(reply, Error):
+        if launching is not None and reply.reason is not None:
+            raise LaunchFailed(launching, reply.reason, reply.message)
         raise WeftError(f"weft-appd: {reply.message}")
     return reply
 
 
-def _wait_ready(client: Client, session_id: int, timeout_s: float) -> AppState:
+def _wait_ready(client: Client, app_id: str, session_id: int, timeout_s: float) -> AppState:
     deadline = time.monotonic() + timeout_s
     while True:
         state = _checked(client.request(QueryAppState(session_id=session_id)))
         assert isinstance(state, AppState)
         if state.state == SessionState.RUNNING:
             return state
+        if state.reason is not None:
+            raise LaunchFailed(app_id, state.reason, f"session {session_id} ended: {state.error}")
         if state.state not in (SessionState.STARTING,):
             raise WeftError(f"session {session_id} is {state.state.value}, not running")
         if time.monotonic() > deadline:
@@ -75,7 +112,10 @@ def _wait_ready(client: Client, session_id: int, timeout_s: float) -> AppState:
 
 def _human(reply: Message) -> str:
     if isinstance(reply, RunningApps):
-        return "\n".join(f"{s.session_id}\t{s.app_id}" for s in reply.sessions)
+        live = [f"{s.session_id}\t{s.app_id}" for s in reply.sessions]
+        ended = [f"{s.session_id}\t{s.app_id}\tstopped\t{terminal_safe(f'{s.reason}: {s.error}')}"
+                 for s in reply.ended_with_error or []]
+        return "\n".join(live + ended)
     if isinstance(reply, InstalledApps):
         return "\n".join(f"{a.app_id}\t{a.version}\t{a.name}" for a in reply.apps)
     if isinstance(reply, (LaunchAck, AppState)):
@@ -123,7 +163,8 @@ def main_entry(argv: Sequence[str]) -> int:
     json_flag = ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print appd's reply as JSON")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-    commands.add_parser("ps", help="list running sessions", parents=[json_flag])
+    commands.add_parser("ps", help="list running sessions (and recent ones that ended with an error)",
+                        parents=[json_flag])
     commands.add_parser("apps", help="list installed apps", parents=[json_flag])
     launch = commands.add_parser("launch", help="start a session of APP_ID", parents=[json_flag])
     launch.add_argument("app_id")
@@ -164,11 +205,12 @@ def _run(args) -> int:  # type: ignore[no-untyped-def]
     request = _request(args)
     with Client(_socket_path(args.socket)) as client:
         reply = client.request(request)
-        if args.command == "launch" and args.wait_ready:
-            ack = _checked(reply)
+        launching = args.app_id if args.command == "launch" else None
+        if launching is not None and args.wait_ready:
+            ack = _checked(reply, launching)
             assert isinstance(ack, LaunchAck)
-            reply = _wait_ready(client, ack.session_id, args.timeout)
-    reply = _checked(reply)
+            reply = _wait_ready(client, launching, ack.session_id, args.timeout)
+    reply = _checked(reply, launching)
     print(json.dumps(to_wire(reply)) if args.json else _human(reply))
     return 0
 

@@ -207,7 +207,7 @@ class Error(Message):
     reason: str | None = None  # LAUNCH_FAILED: a LaunchReason value (plain str on the wire: forward compatible)
 
 
-class LaunchReason(str, enum.Enum):
+class LaunchReason(enum.StrEnum):
     """Why LAUNCH_APP failed (ERROR code 4, `reason`): every MountReason, passed through from
     weft-mountd, and appd's own. Stable words: `weft-appctl launch` maps each to an exit code."""
 
@@ -225,7 +225,7 @@ class LaunchReason(str, enum.Enum):
     BAD_PACKAGE = "bad_package"  # WEFT_APP_SOURCE=directory: the package directory is unusable
 
 
-class EndReason(str, enum.Enum):
+class EndReason(enum.StrEnum):
     """Why a session ended with an error (APP_STATE `reason`)."""
 
     CORRUPTED = "corrupted"  # dm-verity saw a block of the app's image that does not match

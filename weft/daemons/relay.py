@@ -7,14 +7,18 @@ is also the readiness channel: only the runtime's `notify.ready` host import wri
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from weft.daemons.protocol import MAX_PAYLOAD_BYTES, Payload, SessionId
 from weft.errors import WeftError
 from weft.manifest import AppId
 from weft.settings import MemoryMib
+from weft.store import Publisher
+
+RootHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 # A payload's JSON form is at most 6 bytes per character (\uXXXX) plus the envelope.
 MAX_LINE_BYTES = 6 * MAX_PAYLOAD_BYTES + 4096
@@ -25,12 +29,25 @@ class _Line(BaseModel):
 
 
 class Launch(_Line):
-    """appd → standby runtime: become this session."""
+    """appd → standby runtime: become this session.
+
+    appd chose the package (daemons/appd/app_source.py): the runtime reads it from
+    `package_root` and never looks in a store itself; it still checks the manifest's id."""
 
     t: Literal["launch"] = "launch"
     app_id: AppId
     session_id: SessionId
     memory_mib: MemoryMib
+    package_root: Path  # the verified mount /run/weft/apps/<id>, or (developer setting) a package directory
+    publisher: Publisher  # who signed it: the app's data directory is bound to it
+    image_root_hash: RootHash | None = None  # set for a verified image: part of the compile-cache key
+
+    @field_validator("package_root")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("package_root must be an absolute path")
+        return value
 
 
 class Ipc(_Line):

@@ -5,7 +5,8 @@ Listens on $XDG_RUNTIME_DIR/weft/appd.sock (msgpack) and ws://127.0.0.1:$WEFT_AP
 WEFT_APPD_SOCKET, WEFT_APPD_WS_PORT (0 = any free port, written to appd.wsport),
 WEFT_APPD_ORIGINS, WEFT_RUNTIME_BIN, WEFT_RUNTIME_POOL, WEFT_READY_TIMEOUT_S,
 WEFT_MAX_SESSIONS, WEFT_APP_MEMORY_MIB, WEFT_APP_CGROUPS (required|off),
-WEFT_APP_CGROUP_MEMORY_MIB, WEFT_APP_CPU_PERCENT, WEFT_APP_PIDS_MAX, WEFT_APP_STORE.
+WEFT_APP_CGROUP_MEMORY_MIB, WEFT_APP_CPU_PERCENT, WEFT_APP_PIDS_MAX, WEFT_APP_SOURCE (verified: through
+weft-mountd at WEFT_MOUNTD_SOCKET, mounts under WEFT_APPS_MOUNT_ROOT; directory: WEFT_APP_STORE).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.daemons.appd.app_source import app_source
 from weft.daemons.appd.cgroups import AppCgroups
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.dispatch import Caller, Dispatcher
@@ -71,7 +73,8 @@ async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
     hub = Hub()
     # Before any socket is bound: with WEFT_APP_CGROUPS=required, no delegation means no start.
     pool = RuntimePool(config, AppCgroups.delegated(config.app_limits) if config.cgroups == "required" else None)
-    manager = SessionManager(config, pool, hub)
+    source = app_source(config)  # WEFT_APP_SOURCE: verified images through weft-mountd, or directories
+    manager = SessionManager(config, pool, hub, source)
     dispatcher = Dispatcher(manager, hub, config.store, config.max_sessions)
     unix = UnixServer(_socket_directory(config, runtime), config.socket_path.name, dispatcher)
     websocket = WebSocketServer(config.ws_port, boot_token, config.control_origins, manager, hub, dispatcher)
@@ -101,6 +104,7 @@ async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
     await websocket.close()
     await manager.stop_all()
     await pool.close()
+    await source.close()
     log.info("stopped")
 
 

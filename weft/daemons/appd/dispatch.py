@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from weft.daemons.appd.catalog import installed_apps
+from weft.daemons.appd.app_source import LaunchRefused
 from weft.daemons.appd.hub import Hub
 from weft.daemons.appd.sessions import Busy, NotRunning, SessionManager
 from weft.daemons.protocol import (
@@ -35,7 +35,6 @@ from weft.daemons.protocol import (
     SessionToken,
     TerminateApp,
 )
-from weft.errors import WeftError
 from weft.store import StorePaths
 
 log = logging.getLogger("weft.appd")
@@ -58,6 +57,7 @@ class Dispatcher:
         self.hub = hub
         self.store = store
         self.max_sessions = max_sessions
+        self.launching = 0  # LAUNCH_APP requests waiting for their package
 
     async def handle(self, request: Message, caller: Caller) -> Message:
         if caller.bound_session is not None and (
@@ -65,24 +65,28 @@ class Dispatcher:
             return Error(code=ErrorCode.NOT_PERMITTED,
                          message=f"this connection may only use session {caller.bound_session}")
         if isinstance(request, LaunchApp):
-            return self._launch(request)
+            return await self._launch(request)
         if isinstance(request, QueryRunning):
             return RunningApps(sessions=[SessionInfo(session_id=s.id, app_id=s.app_id)
-                                         for s in self.manager.live_sessions()])
+                                         for s in self.manager.live_sessions()],
+                               ended_with_error=[SessionInfo(session_id=s.id, app_id=s.app_id, error=s.error,
+                                                             reason=s.end_reason.value if s.end_reason else None)
+                                                 for s in self.manager.ended_with_error()] or None)
         if isinstance(request, QueryInstalledApps):
-            return InstalledApps(apps=installed_apps(self.store))
+            return InstalledApps(apps=self.manager.source.installed())
         if isinstance(request, PanelGesture):
             gesture = NavigationGesture(**request.model_dump(exclude={"type"}))
             self.hub.publish(gesture)
             return gesture
         session = self.manager.get(request.session_id)  # type: ignore[attr-defined]
         if isinstance(request, QueryAppState):  # as in the reference: an unknown session is `not_found`
-            return AppState(session_id=request.session_id, state=session.state if session else SessionState.NOT_FOUND)
+            return session.app_state() if session else AppState(session_id=request.session_id,
+                                                                state=SessionState.NOT_FOUND)
         if session is None:
             return _not_found(request.session_id)  # type: ignore[attr-defined]
         if isinstance(request, TerminateApp):
             self.manager.terminate(session)
-            return AppState(session_id=session.id, state=session.state)
+            return session.app_state()
         if isinstance(request, QuerySessionToken):
             if not session.live:
                 return Error(code=ErrorCode.NOT_RUNNING, message=f"session {session.id} has stopped")
@@ -102,12 +106,16 @@ class Dispatcher:
             return Error(code=ErrorCode.BUSY, message=str(exc))
         raise AssertionError(f"unhandled request {request.type}")  # type: ignore[attr-defined]
 
-    def _launch(self, request: LaunchApp) -> Message:
-        if len(self.manager.live_sessions()) >= self.max_sessions:
+    async def _launch(self, request: LaunchApp) -> Message:
+        # Launches still acquiring their package count too: the cap must hold while they wait.
+        if len(self.manager.live_sessions()) + self.launching >= self.max_sessions:
             return Error(code=ErrorCode.BUSY, message=f"{self.max_sessions} sessions are already running")
+        self.launching += 1
         try:
-            self.store.find_package(request.app_id)
-        except WeftError as exc:
-            return Error(code=ErrorCode.LAUNCH_FAILED, message=str(exc))
-        session = self.manager.launch(request.app_id)
+            session = await self.manager.acquire_and_launch(request.app_id)
+        except LaunchRefused as exc:
+            log.warning("cannot launch %s: %s: %s", exc.app_id, exc.reason.value, exc)
+            return Error(code=ErrorCode.LAUNCH_FAILED, message=str(exc), reason=exc.reason.value)
+        finally:
+            self.launching -= 1
         return LaunchAck(session_id=session.id, app_id=session.app_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -72,14 +73,12 @@ class RuntimeProcess:
     async def stop(self, grace_s: float) -> int:
         """SIGTERM, then SIGKILL after `grace_s`; always reaps and closes the relay."""
         if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), grace_s)
             except TimeoutError:
                 log.warning("runtime %d ignored SIGTERM for %.1f s; killing it", self.pid, grace_s)
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
+                self._signal(signal.SIGKILL)
         code = await self.process.wait()
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError):
@@ -88,6 +87,15 @@ class RuntimeProcess:
             await self.cgroups.release(self.cgroup)
             self.cgroup = None
         return code
+
+    def _signal(self, sig: signal.Signals) -> None:
+        # Not Process.send_signal/kill: Popen's poll() there reaps a child that has just exited
+        # before asyncio's child watcher does, and the watcher then reports 255 instead of the
+        # real status (a crash would read "exit 255"). Until the watcher has reaped it, the pid
+        # is still this child's (at worst a zombie), so os.kill cannot hit another process.
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def enter_session(self, session_id: int) -> None:
         """Into the session's own cgroup (with the app limits) before it is told to launch."""

@@ -3,33 +3,42 @@
 Lifecycle: starting → running (the runtime relayed READY) → stopping (terminate requested)
 → stopped. Every path ends in the supervisor's `finally`: the runtime gets SIGTERM, then
 SIGKILL after the grace period, is reaped, its relay is closed, the state becomes stopped and
-APP_STATE stopped is broadcast. Registry operations never wait while holding anything, so
-there is no lock to deadlock on (the reference hung in IPC_FORWARD, §11.2).
+APP_STATE stopped is broadcast. A session whose runtime ended on its own with an error is
+recorded with a reason and a message (APP_STATE, RUNNING_APPS.ended_with_error); for a verified
+image appd first asks weft-mountd whether dm-verity saw corruption, which then is the error.
+The package (app_source.py) is released last. Registry operations never wait while holding
+anything, so there is no lock to deadlock on (the reference hung in IPC_FORWARD, §11.2).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
+from weft.daemons.appd.app_source import AppSource, PackageRoot
 from weft.daemons.appd.cgroups import CgroupError
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.hub import Hub
 from weft.daemons.appd.mailbox import Mailbox
 from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
 from weft.daemons.appd.tokens import new_session_token, same_token
-from weft.daemons.protocol import AppReady, AppState, IpcMessage, LaunchAck, SessionState
+from weft.daemons.protocol import AppReady, AppState, EndReason, IpcMessage, LaunchAck, SessionState
 from weft.daemons.relay import Ipc, Launch, Ready, RelayError
 
 log = logging.getLogger("weft.appd")
 
 STOPPED_KEPT = 256  # stopped sessions remembered for QUERY_APP_STATE (the reference kept all)
 MAX_RELAY_BACKLOG = 1 << 20
+ENDED_WITH_ERROR_SHOWN = 16  # RUNNING_APPS lists at most this many recent failed sessions
 
 
 class Session:
-    def __init__(self, session_id: int, app_id: str):
+    def __init__(self, session_id: int, app_id: str, package: PackageRoot | None = None):
         self.id = session_id
         self.app_id = app_id
+        self.package = package  # held from launch until the teardown releases it
+        self.end_reason: EndReason | None = None
+        self.error: str | None = None
         self.state = SessionState.STARTING
         self.token = new_session_token()
         self.runtime: RuntimeProcess | None = None
@@ -41,6 +50,24 @@ class Session:
     def live(self) -> bool:
         return self.state in (SessionState.STARTING, SessionState.RUNNING, SessionState.STOPPING)
 
+    def fail(self, reason: EndReason, error: str) -> None:
+        self.end_reason, self.error = reason, error
+
+    def app_state(self) -> AppState:
+        if self.state != SessionState.STOPPED:  # the reason may still change (a corruption check)
+            return AppState(session_id=self.id, state=self.state)
+        return AppState(session_id=self.id, state=self.state, error=self.error,
+                        reason=self.end_reason.value if self.end_reason else None)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"the app's runtime was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the app's runtime was killed by signal {-code}"
+    return f"the app's runtime exited with status {code}"
+
 
 class NotRunning(Exception):
     pass
@@ -51,10 +78,11 @@ class Busy(Exception):
 
 
 class SessionManager:
-    def __init__(self, config: AppdConfig, pool: RuntimePool, hub: Hub):
+    def __init__(self, config: AppdConfig, pool: RuntimePool, hub: Hub, source: AppSource):
         self.config = config
         self.pool = pool
         self.hub = hub
+        self.source = source
         self.sessions: dict[int, Session] = {}
         self.last_id = 0
 
@@ -68,10 +96,19 @@ class SessionManager:
     def by_token(self, token: str) -> Session | None:
         return next((s for s in self.sessions.values() if s.live and same_token(token, s.token)), None)
 
+    def ended_with_error(self) -> list[Session]:
+        failed = [s for s in self.sessions.values() if s.state == SessionState.STOPPED and s.error is not None]
+        return failed[-ENDED_WITH_ERROR_SHOWN:]
+
     # -- lifecycle ------------------------------------------------------------------------
-    def launch(self, app_id: str) -> Session:
+    async def acquire_and_launch(self, app_id: str) -> Session:
+        """Acquire the app's package from the source (LaunchRefused says why not), then launch."""
+        return self.launch(await self.source.acquire(app_id))
+
+    def launch(self, package: PackageRoot) -> Session:
+        app_id = package.app_id
         self.last_id += 1
-        session = Session(self.last_id, app_id)
+        session = Session(self.last_id, app_id, package)
         self.sessions[session.id] = session
         self.hub.publish(LaunchAck(session_id=session.id, app_id=app_id), session.id)
         session.task = asyncio.create_task(self._supervise(session), name=f"session-{session.id}")
@@ -92,7 +129,7 @@ class SessionManager:
 
     def _set_state(self, session: Session, state: SessionState) -> None:
         session.state = state
-        self.hub.publish(AppState(session_id=session.id, state=state), session.id)
+        self.hub.publish(session.app_state(), session.id)
 
     def _forget_old(self) -> None:
         stopped = [sid for sid, s in self.sessions.items() if s.state == SessionState.STOPPED]
@@ -102,17 +139,27 @@ class SessionManager:
     async def _supervise(self, session: Session) -> None:
         try:
             session.runtime = await self.pool.take(session.id)  # in its cgroup before the launch message
+            assert session.package is not None
             session.runtime.send(Launch(app_id=session.app_id, session_id=session.id,
-                                        memory_mib=self.config.memory_mib))
+                                        memory_mib=self.config.memory_mib, package_root=session.package.path,
+                                        publisher=session.package.publisher,
+                                        image_root_hash=session.package.image_root_hash))
             log.info("session %d: %s in runtime %d", session.id, session.app_id, session.runtime.pid)
             await asyncio.wait_for(self._until_ready(session), self.config.ready_timeout_s)
             await self._relay(session)
         except TimeoutError:
             log.error("session %d: no READY within %.0f s", session.id, self.config.ready_timeout_s)
-        except (RelayError, ValueError, ConnectionError, OSError) as exc:
+            session.fail(EndReason.READY_TIMEOUT, f"no READY within {self.config.ready_timeout_s:g} s")
+        except (RelayError, ValueError) as exc:
             log.error("session %d: relay failed: %s", session.id, exc)
+            session.fail(EndReason.RELAY_FAILED, f"relay failed: {exc}")
+        except (ConnectionError, OSError) as exc:  # the runtime's exit status tells more (teardown)
+            log.error("session %d: relay failed: %s", session.id, exc)
+            if session.runtime is None:
+                session.fail(EndReason.FAILED, f"cannot start a runtime: {exc}")
         except CgroupError as exc:
             log.error("session %d: %s", session.id, exc)
+            session.fail(EndReason.CGROUP_FAILED, str(exc))
         except asyncio.CancelledError:
             pass  # terminate or shutdown: fall through to the teardown
         finally:
@@ -144,10 +191,24 @@ class SessionManager:
 
     async def _teardown(self, session: Session) -> None:
         if session.runtime is not None:
+            requested = session.state == SessionState.STOPPING
             code = await asyncio.shield(session.runtime.stop(self.config.stop_grace_s))
             log.info("session %d: runtime %d exited with %s", session.id, session.runtime.pid, code)
+            if not requested and code != 0 and session.error is None:
+                session.fail(EndReason.FAILED, _describe_exit(code))
+        if session.package is not None:
+            await asyncio.shield(self._release(session, session.package))
         self._set_state(session, SessionState.STOPPED)
         session.mail.set()  # wake IPC_RECV waiters: nothing more will come
+
+    async def _release(self, session: Session, package: PackageRoot) -> None:
+        """Ask about corruption while the image is still mounted, then drop the package."""
+        if session.error is not None:
+            corruption = await self.source.corruption(package)
+            if corruption is not None:
+                log.error("session %d: %s; the session is not restarted", session.id, corruption)
+                session.fail(EndReason.CORRUPTED, corruption)
+        await self.source.release(package)
 
     # -- IPC ------------------------------------------------------------------------------
     def forward(self, session: Session, payload: str) -> None:

@@ -1,11 +1,13 @@
 """weft-runtime: run one app session's Wasm component (one process per session).
 
-    weft-runtime APP_ID SESSION_ID [--relay-fd FD]   run a session now
+    weft-runtime APP_ID SESSION_ID [--relay-fd FD]   run a package directory's session now (developer)
     weft-runtime --standby --relay-fd FD             pre-start; wait for appd to assign a session
-    weft-runtime --compile-only APP_ID               fill the compile cache (e.g. after install)
+    weft-runtime --compile-only APP_ID               fill the compile cache from a package directory
 
 Importing wasmtime and creating the Engine costs ~100 ms, so appd keeps standby runtimes that
-have already paid it; the session itself still gets a process of its own.
+have already paid it; the session itself still gets a process of its own. Under appd the
+launch message names the package root (a verified image's mount); the two direct forms read
+the directory stores and so need WEFT_APP_SOURCE=directory, like appd.
 Exit status: 0 the app returned, 1 it failed or trapped, 2 usage, 3 stopped on request.
 """
 from __future__ import annotations
@@ -22,12 +24,13 @@ from pathlib import Path
 
 from weft import settings
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.daemons.relay import Launch
 from weft.daemons.runtime.channels import Relay
 from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
 from weft.daemons.runtime.session import AppSession, ExitCode, SessionSettings
-from weft.errors import UsageError
-from weft.manifest import is_valid_app_id, load_manifest, resolve_inside
-from weft.store import StorePaths
+from weft.errors import UsageError, WeftError
+from weft.manifest import is_valid_app_id, resolve_inside
+from weft.store import InstalledPackage, StorePaths
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 PR_SET_PDEATHSIG = 1
@@ -85,6 +88,22 @@ def _documents_dir() -> Path | None:
     return home / "Documents" if home else None
 
 
+def _directory_package(store_paths: StorePaths, app_id: str) -> InstalledPackage:
+    """The direct forms read a package directory: only where directories are the app source."""
+    if settings.APP_SOURCE.read() != "directory":
+        raise WeftError(f"weft-runtime {app_id} runs a package directory, which needs "
+                        f"{settings.APP_SOURCE.env}=directory; verified images are launched by weft-appd")
+    return store_paths.resolve_package(app_id)
+
+
+def _check_launch(launch: Launch) -> None:
+    """A verified image is only ever read from its mount under the apps mount root."""
+    mount = settings.APPS_MOUNT_ROOT.read() / launch.app_id
+    if launch.image_root_hash is not None and launch.package_root != mount:
+        raise WeftError(f"launch message: image {launch.app_id} must be read from {mount}, "
+                        f"not {launch.package_root}")
+
+
 def main_entry(argv: Sequence[str]) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
@@ -95,8 +114,8 @@ def main_entry(argv: Sequence[str]) -> int:
     engine = make_engine(options)
     cache = ComponentCache(engine, options, store_paths.cache_root / "components")
     if args.compile_only:
-        package = store_paths.find_package(args.app_id)
-        cache.load(resolve_inside(package, load_manifest(package).runtime.module))
+        package = _directory_package(store_paths, args.app_id)
+        cache.load(resolve_inside(package.path, package.manifest.runtime.module))
         return 0
     relay = None
     if args.relay_fd is not None:
@@ -108,10 +127,15 @@ def main_entry(argv: Sequence[str]) -> int:
         launch = relay.wait_launch()  # type: ignore[union-attr]
         if launch is None:
             return 0  # appd went away before giving us a session
-        settings = SessionSettings(app_id=launch.app_id, session_id=launch.session_id, memory_mib=launch.memory_mib)
+        _check_launch(launch)
+        session_settings = SessionSettings(
+            app_id=launch.app_id, session_id=launch.session_id, memory_mib=launch.memory_mib,
+            package_root=launch.package_root, publisher=launch.publisher, image_root_hash=launch.image_root_hash)
     else:
-        settings = SessionSettings(app_id=args.app_id, session_id=args.session_id, memory_mib=args.memory_mib)
-    session = AppSession(engine, cache, store_paths, _documents_dir(), settings, relay)
+        package = _directory_package(store_paths, args.app_id)
+        session_settings = SessionSettings(app_id=args.app_id, session_id=args.session_id, memory_mib=args.memory_mib,
+                                           package_root=package.path, publisher=package.publisher)
+    session = AppSession(engine, cache, store_paths, _documents_dir(), session_settings, relay)
     stop.session = session
     if relay is not None:
         relay.start_reader(on_eof=session.request_stop)

@@ -3,9 +3,13 @@
 A componentize-py component takes seconds to compile but ~2 ms to deserialize, so compiled
 artifacts are kept in `<cache_root>/components/`. The key covers the wasm bytes, the
 wasmtime version and the engine options, so an artifact from another version or
-configuration is never looked up. Deserializing loads native code, so the cache directory
-and every artifact must belong to this user and be writable by nobody else; anything else
-is treated as foreign and rebuilt. An artifact wasmtime refuses is rebuilt too.
+configuration is never looked up. The bytes hashed are the very bytes compiled, read from
+the package root appd handed over (for an app image: through its dm-verity mount, so every
+block was checked on the way); an image launch adds the image's root hash, so an artifact is
+only ever reused for the same verified image, never for a tampered or re-signed one.
+Deserializing loads native code, so the cache directory and every artifact must belong to
+this user and be writable by nobody else; anything else is treated as foreign and rebuilt.
+An artifact wasmtime refuses is rebuilt too.
 """
 from __future__ import annotations
 
@@ -70,12 +74,14 @@ class ComponentCache:
             log.warning("component cache %s unusable: %s", self.cache_dir, exc.strerror)
             return False
 
-    def artifact_path(self, wasm: bytes) -> Path:
-        key = hashlib.sha256(hashlib.sha256(wasm).digest() + self.options.cache_tag()).hexdigest()
+    def artifact_path(self, wasm: bytes, image_root_hash: str | None = None) -> Path:
+        tag = self.options.cache_tag() + (f";image={image_root_hash}".encode() if image_root_hash else b"")
+        key = hashlib.sha256(hashlib.sha256(wasm).digest() + tag).hexdigest()
         return self.cache_dir / f"{key}.cwasm"
 
-    def load(self, wasm_path: Path) -> Component:
-        """The compiled component for `wasm_path`, from the cache when a trustworthy artifact exists."""
+    def load(self, wasm_path: Path, *, image_root_hash: str | None = None) -> Component:
+        """The compiled component for `wasm_path`, from the cache when a trustworthy artifact exists.
+        `image_root_hash`: the verified image `wasm_path` was read from (None: a package directory)."""
         try:
             wasm = wasm_path.read_bytes()
         except OSError as exc:
@@ -83,7 +89,7 @@ class ComponentCache:
         if not self._usable_dir():
             log.warning("cache directory %s is not private; compiling without a cache", self.cache_dir)
             return self._compile(wasm, wasm_path)
-        artifact = self.artifact_path(wasm)
+        artifact = self.artifact_path(wasm, image_root_hash)
         cached = self._load_cached(artifact)
         if cached is not None:
             return cached

@@ -1,4 +1,4 @@
-"""One app session: resolve the package, instantiate the component with its grants, run it.
+"""One app session: load the package appd chose, instantiate the component with its grants, run it.
 
 Limits: the guest's memories and tables are capped in total (limits.py); a stop request
 (SIGTERM from appd, or the relay closing) wakes a guest blocked in `ipc.recv` with `none`
@@ -22,9 +22,9 @@ from weft.daemons.runtime.guest_output import GuestOutput, LineBudget
 from weft.daemons.runtime.host import HostImports, build_linker
 from weft.daemons.runtime.limits import GuestLimits
 from weft.errors import WeftError
-from weft.manifest import resolve_inside
+from weft.manifest import load_manifest, resolve_inside
 from weft.settings import MemoryMib
-from weft.store import StorePaths
+from weft.store import Publisher, StorePaths
 
 log = logging.getLogger("weft.runtime")
 STOP_GRACE_S = 0.5
@@ -42,6 +42,9 @@ class SessionSettings(BaseModel):
     app_id: str
     session_id: int
     memory_mib: MemoryMib = 256
+    package_root: Path  # chosen by appd (a verified image's mount, or a package directory)
+    publisher: Publisher
+    image_root_hash: str | None = None  # the verified image's, for the compile-cache key
 
 
 def _run_export(component: Component, engine: Engine, instance: Instance, store: Store) -> Func:
@@ -65,12 +68,12 @@ class AppSession:
         self.settings = settings
         self.relay = relay
         self.stop_requested = threading.Event()
-        installed = store_paths.resolve_package(settings.app_id)  # the store's rules, and who published it
-        package, manifest = installed.path, installed.manifest
+        manifest = load_manifest(settings.package_root)
         if manifest.app_id != settings.app_id:
-            raise WeftError(f"{package} holds '{manifest.app_id}', not '{settings.app_id}'")
-        self.grants = Grants.from_manifest(manifest, store_paths, documents, publisher=installed.publisher)
-        self.component = cache.load(resolve_inside(package, manifest.runtime.module))
+            raise WeftError(f"{settings.package_root} holds '{manifest.app_id}', not '{settings.app_id}'")
+        self.grants = Grants.from_manifest(manifest, store_paths, documents, publisher=settings.publisher)
+        self.component = cache.load(resolve_inside(settings.package_root, manifest.runtime.module),
+                                    image_root_hash=settings.image_root_hash)
         self.portal = PortalClient(self.grants)
         budget = LineBudget(settings.session_id)  # one budget for both streams
         self.stdout = GuestOutput(settings.session_id, "stdout", budget)
