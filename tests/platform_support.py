@@ -148,7 +148,8 @@ class Appd:
         wsport = config.wsport_path
         wsport.unlink(missing_ok=True)  # a previous appd's; the new one writes it once both sockets are bound
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "weft.daemons.appd"], env={**env.vars, **(extra_env or {})},
+            self.process = subprocess.Popen([sys.executable, "-m", "weft.daemons.appd"],
+                                            env={**env.vars, **(extra_env or {})},
                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: wsport.exists() or self.process.poll() is not None, what="appd sockets")
         assert self.process.poll() is None, self.log.read_text()

@@ -16,7 +16,7 @@ import enum
 import json
 import socket
 import struct
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgpack
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -54,7 +54,7 @@ class ErrorCode(enum.IntEnum):
     BUSY = 7
 
 
-class SessionState(str, enum.Enum):
+class SessionState(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
@@ -118,8 +118,8 @@ class PanelGesture(Message):
 
 
 Request = Annotated[
-    Union[LaunchApp, TerminateApp, QueryRunning, QueryAppState, QueryInstalledApps, IpcForward,
-          IpcRecv, QuerySessionToken, PanelGesture],
+    LaunchApp | TerminateApp | QueryRunning | QueryAppState | QueryInstalledApps | IpcForward | IpcRecv
+    | QuerySessionToken | PanelGesture,
     Field(discriminator="type"),
 ]
 REQUEST_TYPES: dict[str, type[Message]] = {
@@ -236,8 +236,8 @@ class EndReason(enum.StrEnum):
 
 
 Reply = Annotated[
-    Union[LaunchAck, AppReady, RunningApps, AppState, InstalledApps, IpcMessage, SessionToken,
-          NavigationGesture, Error],
+    LaunchAck | AppReady | RunningApps | AppState | InstalledApps | IpcMessage | SessionToken | NavigationGesture
+    | Error,
     Field(discriminator="type"),
 ]
 _REPLY = TypeAdapter(Reply)
@@ -383,7 +383,7 @@ class Client:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
