@@ -233,6 +233,36 @@ def test_relay_messages_before_launch_are_refused(env, tmp_path):
 
 
 
+def test_an_image_is_only_read_from_its_mount(env, built_apps):
+    """A launch message for a verified image must name <WEFT_APPS_MOUNT_ROOT>/<app_id>."""
+    import socket
+
+    from weft.daemons.relay import Launch, encode_line
+
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen([sys.executable, "-m", "weft.daemons.runtime", "--standby", "--relay-fd",
+                                str(theirs.fileno())], pass_fds=[theirs.fileno()], text=True, stderr=subprocess.PIPE,
+                               env={**env.vars, "WEFT_APPS_MOUNT_ROOT": str(env.root / "apps")})
+    theirs.close()
+    ours.sendall(encode_line(Launch(app_id="org.weft.demo.counter", session_id=3, memory_mib=64,
+                                    package_root=built_apps["org.weft.demo.counter"], publisher="unsigned",
+                                    image_root_hash="a1" * 32)))
+    _, stderr = process.communicate(timeout=30)
+    ours.close()
+    assert process.returncode == 1
+    assert f"must be read from {env.root / 'apps' / 'org.weft.demo.counter'}" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("argv", [["org.weft.demo.counter", "1"], ["--compile-only", "org.weft.demo.counter"]])
+def test_the_direct_forms_need_the_directory_source(env, built_apps, argv):
+    env.install(built_apps["org.weft.demo.counter"])
+    result = subprocess.run([sys.executable, "-m", "weft.daemons.runtime", *argv], capture_output=True, text=True,
+                            env={**env.vars, "WEFT_APP_SOURCE": "verified"}, timeout=60)
+    assert result.returncode == 1
+    assert "needs WEFT_APP_SOURCE=directory" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_compile_only_fills_the_cache_at_install_time(env, built_apps, tmp_path):
     env.install(built_apps["org.weft.demo.counter"])
     cache_dir = tmp_path / "fresh-cache"
