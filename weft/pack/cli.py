@@ -6,14 +6,20 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.errors import UsageError, WeftError
 from weft.manifest import is_valid_app_id, load_manifest
 from weft.store import PACKAGE_KINDS, TRUSTED_KEYS_DIR, StorePaths
 from weft.terminal import terminal_safe
+
+if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays fast
+    from nacl.signing import VerifyKey
+
+    from weft.pack.image_store import StoredImage
 
 
 def _out(text: str) -> None:
@@ -35,7 +41,7 @@ def _shown(value: object) -> str:
     return terminal_safe(str(value))
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from weft.pack.check import check_package
 
     check_package(args.dir)
@@ -43,7 +49,7 @@ def cmd_check(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from weft.pack.image_store import describe_image, find_image
 
     if args.dir.is_file():
@@ -70,7 +76,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _print_image_info(image, as_json: bool) -> int:
+def _print_image_info(image: StoredImage, as_json: bool) -> int:
     if as_json:
         _out(json.dumps(image.model_dump(mode="json"), indent=2))
         return 0
@@ -85,7 +91,7 @@ def _print_image_info(image, as_json: bool) -> int:
     return 0
 
 
-def cmd_generate_key(args) -> int:
+def cmd_generate_key(args: argparse.Namespace) -> int:
     from weft.pack.keys import generate_keypair
 
     private, public = generate_keypair(args.dir)
@@ -94,7 +100,7 @@ def cmd_generate_key(args) -> int:
     return 0
 
 
-def cmd_sign(args) -> int:
+def cmd_sign(args: argparse.Namespace) -> int:
     from weft.pack.keys import load_signing_key
     from weft.pack.signing import sign_package
 
@@ -102,7 +108,7 @@ def cmd_sign(args) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
+def cmd_verify(args: argparse.Namespace) -> int:
     from weft.pack.keys import load_verify_key
     from weft.pack.signing import verify_package
 
@@ -111,7 +117,7 @@ def cmd_verify(args) -> int:
     return 0
 
 
-def cmd_install(args) -> int:
+def cmd_install(args: argparse.Namespace) -> int:
     from weft.pack.bundle import is_bundle_path
     from weft.pack.install import install_package
     from weft.pack.keys import load_verify_key
@@ -130,7 +136,7 @@ def cmd_install(args) -> int:
     return 0
 
 
-def _install_image(args) -> int:
+def _install_image(args: argparse.Namespace) -> int:
     import tempfile
 
     from weft.pack.footer import load_trusted_keys
@@ -159,7 +165,7 @@ def _install_image(args) -> int:
     return 0
 
 
-def cmd_uninstall(args) -> int:
+def cmd_uninstall(args: argparse.Namespace) -> int:
     from weft.pack.image_store import system_holds, uninstall_image
     from weft.pack.install import uninstall_package
 
@@ -196,14 +202,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bundle(args) -> int:
+def cmd_bundle(args: argparse.Namespace) -> int:
     from weft.pack.bundle import bundle_package
 
     _out(f"bundled: {bundle_package(args.dir, args.out)}")
     return 0
 
 
-def cmd_unbundle(args) -> int:
+def cmd_unbundle(args: argparse.Namespace) -> int:
     from weft.pack.bundle import unbundle
 
     _out(f"unbundled: {args.archive} -> {unbundle(args.archive, args.out)}")
@@ -217,7 +223,7 @@ def _source_date_epoch() -> int:
     return int(value)
 
 
-def cmd_build_image(args) -> int:
+def cmd_build_image(args: argparse.Namespace) -> int:
     from weft.pack.image import build_image
     from weft.pack.keys import load_signing_key
 
@@ -227,7 +233,7 @@ def cmd_build_image(args) -> int:
     return 0
 
 
-def _trusted_keys(args) -> list:
+def _trusted_keys(args: argparse.Namespace) -> list[VerifyKey]:
     from weft.pack.footer import load_trusted_keys
     from weft.pack.keys import load_verify_key
 
@@ -239,7 +245,7 @@ def _trusted_keys(args) -> list:
     return keys
 
 
-def cmd_verify_image(args) -> int:
+def cmd_verify_image(args: argparse.Namespace) -> int:
     from weft.pack.image import verify_image
 
     signed = verify_image(args.image, _trusted_keys(args), expected_app_id=args.app_id)
@@ -247,7 +253,7 @@ def cmd_verify_image(args) -> int:
     return 0
 
 
-def cmd_inspect_image(args) -> int:
+def cmd_inspect_image(args: argparse.Namespace) -> int:
     from weft.pack.footer import read_footer
     from weft.pack.image import describe
 
@@ -267,7 +273,7 @@ def build_parser() -> ArgumentParser:
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
 
-    def command(name: str, func, help: str) -> ArgumentParser:
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         add_debug_flag(p)
         p.set_defaults(func=func)
@@ -331,7 +337,8 @@ def build_parser() -> ArgumentParser:
 
 def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    command: Callable[[argparse.Namespace], int] = args.func
+    return command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,8 +54,9 @@ def _run_export(component: Component, engine: Engine, instance: Instance, store:
         func = instance.get_func(store, "run")
     else:
         cli = next((n for n in names if n.startswith("wasi:cli/run@0.2")), None)
-        index = instance.get_export_index(store, cli) if cli else None
-        func = instance.get_func(store, instance.get_export_index(store, "run", index)) if index else None
+        interface = instance.get_export_index(store, cli) if cli else None
+        run = instance.get_export_index(store, "run", interface) if interface else None
+        func = instance.get_func(store, run) if run else None
     if func is None:
         raise WeftError("the component exports neither `run` nor `wasi:cli/run`")
     return func
