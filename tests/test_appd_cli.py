@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from platform_support import Env
+from platform_support import Env, with_capabilities
 
 BIN = Path(sys.executable).parent
 
@@ -38,6 +38,29 @@ def test_appctl_drives_a_session(env, built_apps, appd_factory):
     timeout = run(env, "weft-appctl", "recv", str(sid), "--timeout", "0.2")
     assert timeout.returncode == 1
     assert "no message from session" in timeout.stderr or "is stopped" in timeout.stderr
+
+
+OSC52 = "\x1b]52;c;aGVsbG8=\x07"  # "write 'hello' to the clipboard", as an app author would send it
+
+
+def test_appctl_escapes_app_text_for_the_terminal(env, built_apps, appd_factory, tmp_path):
+    evil = with_capabilities(built_apps["org.weft.test.probe"], tmp_path / "evil", "org.weft.test.evil", [])
+    manifest = evil / "wapp.toml"
+    manifest.write_text(manifest.read_text().replace('name = "Probe"', 'name = "Evil\\u001b]52;c;aGVsbG8=\\u0007"'))
+    env.install(evil)
+    appd_factory()
+    apps = run(env, "weft-appctl", "apps").stdout
+    assert apps == "org.weft.test.evil\t0.1.0\tEvil\\x1b]52;c;aGVsbG8=\\x07\n"
+    assert json.loads(run(env, "weft-appctl", "apps", "--json").stdout)["apps"][0]["name"] == "Evil" + OSC52
+    sid = json.loads(run(env, "weft-appctl", "--json", "launch", "org.weft.test.evil", "--wait-ready").stdout)[
+        "session_id"]
+    payload = OSC52 + "\x9b31m\u202eline\nnext"  # C1 CSI, a bidi override, a newline
+    for _ in range(2):
+        assert run(env, "weft-appctl", "send", str(sid), "echo:" + payload).returncode == 0
+    shown = run(env, "weft-appctl", "recv", str(sid))
+    assert shown.stdout == "\\x1b]52;c;aGVsbG8=\\x07\\u009b31m\\u202eline\\x0anext\n", shown
+    exact = run(env, "weft-appctl", "recv", str(sid), "--json").stdout
+    assert "\x1b" not in exact and json.loads(exact)["payload"] == payload  # --json stays exact, valid JSON
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -2,7 +2,8 @@
 
     weft-appctl ps | apps | launch APP_ID [--wait-ready] | send SID PAYLOAD | recv SID | stop SID
 
-With --json each command prints appd's reply as one JSON object.
+With --json each command prints appd's reply as one JSON object; without it, app payloads and
+manifest text are printed with control characters escaped (`\x1b`, a newline as `\x0a`).
 
 A launch that fails prints `error: APP_ID: REASON: MESSAGE` and exits with the reason's code
 (LAUNCH_EXIT_CODES, documented in docs/platform.md); other failures exit 1, usage errors 2.
@@ -111,18 +112,23 @@ def _wait_ready(client: Client, app_id: str, session_id: int, timeout_s: float) 
 
 
 def _human(reply: Message) -> str:
+    """A reply as lines for a person. App payloads and manifest text come from app authors: every
+    value goes through terminal_safe, so none can send the terminal an escape sequence (an OSC 52
+    clipboard write came through once) or forge a line. --json output is exact (json.dumps
+    escapes control characters itself)."""
+    safe = terminal_safe
     if isinstance(reply, RunningApps):
-        live = [f"{s.session_id}\t{s.app_id}" for s in reply.sessions]
-        ended = [f"{s.session_id}\t{s.app_id}\tstopped\t{terminal_safe(f'{s.reason}: {s.error}')}"
+        live = [f"{s.session_id}\t{safe(s.app_id)}" for s in reply.sessions]
+        ended = [f"{s.session_id}\t{safe(s.app_id)}\tstopped\t{safe(f'{s.reason}: {s.error}')}"
                  for s in reply.ended_with_error or []]
         return "\n".join(live + ended)
     if isinstance(reply, InstalledApps):
-        return "\n".join(f"{a.app_id}\t{a.version}\t{a.name}" for a in reply.apps)
+        return "\n".join(f"{safe(a.app_id)}\t{safe(a.version)}\t{safe(a.name)}" for a in reply.apps)
     if isinstance(reply, (LaunchAck, AppState)):
-        state = f"\t{reply.state.value}" if isinstance(reply, AppState) else f"\t{reply.app_id}"
+        state = f"\t{reply.state.value}" if isinstance(reply, AppState) else f"\t{safe(reply.app_id)}"
         return f"{reply.session_id}{state}"
     if isinstance(reply, IpcMessage):
-        return reply.payload
+        return safe(reply.payload)
     return json.dumps(to_wire(reply))
 
 
