@@ -75,7 +75,7 @@ async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
     pool = RuntimePool(config, AppCgroups.delegated(config.app_limits) if config.cgroups == "required" else None)
     source = app_source(config)  # WEFT_APP_SOURCE: verified images through weft-mountd, or directories
     manager = SessionManager(config, pool, hub, source)
-    dispatcher = Dispatcher(manager, hub, config.store, config.max_sessions)
+    dispatcher = Dispatcher(manager, hub, config.max_sessions)
     unix = UnixServer(_socket_directory(config, runtime), config.socket_path.name, dispatcher)
     websocket = WebSocketServer(config.ws_port, boot_token, config.control_origins, manager, hub, dispatcher)
     await unix.start()

@@ -35,7 +35,6 @@ from weft.daemons.protocol import (
     SessionToken,
     TerminateApp,
 )
-from weft.store import StorePaths
 
 log = logging.getLogger("weft.appd")
 
@@ -52,10 +51,9 @@ def _not_found(session_id: int) -> Error:
 
 
 class Dispatcher:
-    def __init__(self, manager: SessionManager, hub: Hub, store: StorePaths, max_sessions: int):
+    def __init__(self, manager: SessionManager, hub: Hub, max_sessions: int):
         self.manager = manager
         self.hub = hub
-        self.store = store
         self.max_sessions = max_sessions
         self.launching = 0  # LAUNCH_APP requests waiting for their package
 
