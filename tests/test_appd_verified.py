@@ -139,6 +139,7 @@ def test_a_message_without_the_image_gets_its_name(env, mountd, verified_appd):
 
 
 def test_exit_codes_are_distinct_and_cover_every_reason():
+    assert {r.value for r in MountReason} <= {r.value for r in LaunchReason}  # mountd's pass through
     assert set(LAUNCH_EXIT_CODES) == {r.value for r in LaunchReason} | {r.value for r in EndReason}
     codes = [code for reason, code in LAUNCH_EXIT_CODES.items() if reason != EndReason.CORRUPTED]
     assert len(set(codes)) == len(codes) and not {0, 1, 2} & set(codes)
