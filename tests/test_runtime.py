@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from weft.daemons.runtime.session import ExitCode
 
 
 @pytest.fixture
-def probe(env: Env, built_apps: dict[str, Path], tmp_path: Path):  # type: ignore[no-untyped-def]
+def probe(env: Env, built_apps: dict[str, Path], tmp_path: Path) -> Callable[[str, list[str]], str]:
     """Install a probe app with the given capabilities and return its id."""
     def install(app_id: str, capabilities: list[str]) -> str:
         env.install(with_capabilities(built_apps["org.weft.test.probe"], tmp_path / "src", app_id, capabilities))
@@ -207,7 +207,8 @@ def test_compile_cache_is_reused_and_rebuilt_when_stale_or_foreign(built_apps, t
     (["Bad.Id", "1"], "is not a valid app ID"),
     (["org.weft.demo.counter", "0"], "invalid session id"),
     (["--standby"], "--standby takes --relay-fd"),
-    (["org.weft.demo.counter", "1", "--memory-mib", "0"], "--memory-mib='0': input should be greater than or equal to 16"),
+    (["org.weft.demo.counter", "1", "--memory-mib", "0"],
+     "--memory-mib='0': input should be greater than or equal to 16"),
 ])
 def test_cli_rejects_bad_arguments_without_a_traceback(argv, message):
     result = subprocess.run([sys.executable, "-m", "weft.daemons.runtime", *argv], capture_output=True, text=True)

@@ -12,6 +12,7 @@ Exit status: 0 the app returned, 1 it failed or trapped, 2 usage, 3 stopped on r
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import logging
 import os
@@ -55,7 +56,7 @@ class StopSignals:
             self.session.request_stop()
 
 
-def _parse(argv: Sequence[str]):  # type: ignore[no-untyped-def]
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="weft-runtime", description=__doc__.split("\n\n")[0])
     parser.add_argument("app_id", nargs="?", help="the app to run (e.g. org.weft.demo.counter)")
     parser.add_argument("session_id", nargs="?", type=int, help="session id assigned by weft-appd")
@@ -124,7 +125,8 @@ def main_entry(argv: Sequence[str]) -> int:
         except OSError as exc:
             raise UsageError(f"--relay-fd {args.relay_fd}: {exc.strerror}") from None
     if args.standby:
-        launch = relay.wait_launch()  # type: ignore[union-attr]
+        assert relay is not None  # _parse: --standby takes --relay-fd
+        launch = relay.wait_launch()
         if launch is None:
             return 0  # appd went away before giving us a session
         _check_launch(launch)
