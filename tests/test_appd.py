@@ -8,14 +8,17 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import msgpack
 import pytest
 from platform_support import Appd, Env, wait_for
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from weft.daemons import protocol
 from weft.daemons.protocol import ErrorCode, SessionState
@@ -42,13 +45,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def raw_request(sock: socket.socket, body: bytes) -> object:
+def raw_request(sock: socket.socket, body: bytes) -> Any:
     sock.sendall(len(body).to_bytes(4, "little") + body)
     length = int.from_bytes(sock.recv(4, socket.MSG_WAITALL), "little")
     return msgpack.unpackb(sock.recv(length, socket.MSG_WAITALL))
 
 
-def ws_receive_until(ws, predicate, timeout: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
+def ws_receive_until(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool],
+                     timeout: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         message = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
@@ -181,9 +185,9 @@ def test_websocket_needs_the_token_and_an_allowed_origin(installed, appd_factory
     for url, origin, status in ((appd.ws_url(""), None, 401), (appd.ws_url("wrong"), None, 401),
                                 (appd.ws_url(), "http://evil.example", 403)):
         with pytest.raises(InvalidStatus) as excinfo:
-            connect(url, origin=origin).close()
+            connect(url, origin=Origin(origin) if origin else None).close()
         assert excinfo.value.response.status_code == status
-    with connect(appd.ws_url(), origin="weft-system://shell") as ws:
+    with connect(appd.ws_url(), origin=Origin("weft-system://shell")) as ws:
         ws.send(json.dumps({"type": "QUERY_RUNNING"}))
         assert json.loads(ws.recv(timeout=5)) == {"type": "RUNNING_APPS", "sessions": []}
         ws.send("not json")
@@ -196,7 +200,7 @@ def test_oversized_websocket_message_closes_only_that_connection(installed, appd
         greedy.send(json.dumps({"type": "QUERY_RUNNING", "pad": "x" * (protocol.MAX_FRAME_BYTES + 1)}))
         with pytest.raises(ConnectionClosed) as excinfo:
             greedy.recv(timeout=5)
-        assert excinfo.value.rcvd.code == 1009  # message too big
+        assert excinfo.value.rcvd is not None and excinfo.value.rcvd.code == 1009  # message too big
         polite.send(json.dumps({"type": "QUERY_RUNNING"}))
         assert json.loads(polite.recv(timeout=5))["type"] == "RUNNING_APPS"
 
@@ -207,9 +211,9 @@ def test_session_bound_websocket_sees_only_its_own_session(installed, appd_facto
     other = appd.launch("org.weft.demo.counter")
     token = appd.request(protocol.QuerySessionToken(session_id=mine)).token
     with pytest.raises(InvalidStatus):
-        connect(appd.ws_url(token), origin="weft-app://org.weft.demo.notes").close()
+        connect(appd.ws_url(token), origin=Origin("weft-app://org.weft.demo.notes")).close()
     with connect(appd.ws_url(), origin=None) as control, \
-            connect(appd.ws_url(token), origin="weft-app://org.weft.demo.counter") as page:
+            connect(appd.ws_url(token), origin=Origin("weft-app://org.weft.demo.counter")) as page:
         assert appd.roundtrip(other, "increment") == '{"count":1}'  # traffic the page must not see
         page.send(json.dumps({"type": "IPC_FORWARD", "session_id": mine, "payload": "decrement"}))
         assert json.loads(page.recv(timeout=5)) == {"type": "APP_STATE", "session_id": mine, "state": "running"}
@@ -294,7 +298,8 @@ def test_launch_and_stop_cycles_leak_no_descriptors_or_processes(installed, appd
 def test_ready_timeout_stops_the_session(installed, appd_factory):
     appd = appd_factory(WEFT_READY_TIMEOUT_S="1")
     reply = appd.request(protocol.LaunchApp(app_id="org.weft.test.silent"))
-    pid = wait_for(lambda: re.search(rf"session {reply.session_id}: \S+ in runtime (\d+)", appd.log.read_text()))
+    pid = cast(re.Match[str], wait_for(
+        lambda: re.search(rf"session {reply.session_id}: \S+ in runtime (\d+)", appd.log.read_text())))
     appd.wait_state(reply.session_id, SessionState.STOPPED, timeout=10)
     assert "no READY within 1 s" in appd.log.read_text()
     assert not alive(int(pid.group(1)))
@@ -326,8 +331,9 @@ def test_restart_with_sessions_running_restores_them(installed, appd_factory):
         "org.weft.demo.counter", "org.weft.demo.notes"]
 
     again = appd_factory()
-    sessions = wait_for(lambda: len(s := again.request(protocol.QueryRunning()).sessions) == 2 and s,
-                        timeout=30, what="restored sessions")
+    sessions = cast(list[protocol.SessionInfo], wait_for(
+        lambda: len(s := again.request(protocol.QueryRunning()).sessions) == 2 and s,
+        timeout=30, what="restored sessions"))
     assert sorted(s.app_id for s in sessions) == ["org.weft.demo.counter", "org.weft.demo.notes"]
     restored = next(s.session_id for s in sessions if s.app_id == "org.weft.demo.counter")
     again.wait_state(restored, SessionState.RUNNING, timeout=30)

@@ -100,7 +100,8 @@ def test_half_open_handshake_flood_does_not_starve_launches(installed, appd_fact
     log = appd.log.read_text()
     assert log.count("Traceback") == 0, log[-3000:]
     assert log.count("\n") < 50, log[-3000:]  # a few lines, not a storm
-    assert appd.request(protocol.QueryRunning()).sessions[0].session_id == sid
+    running = appd.request(protocol.QueryRunning())
+    assert isinstance(running, protocol.RunningApps) and running.sessions[0].session_id == sid
 
 
 def test_out_of_descriptors_is_reported_calmly_and_appd_recovers(installed, appd_factory):

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from platform_support import Env
+from platform_support import Appd, Env
 
 from weft.daemons.appd.runtime_dir import RuntimeDir, UntrustedDirectory
 
@@ -115,7 +116,8 @@ def test_appd_refuses_an_untrusted_runtime_directory(env: Env, owner: int | None
     assert os.listdir(planted) == []
 
 
-def test_appd_does_not_write_through_planted_symlinks(env: Env, victim: Path, appd_factory) -> None:  # type: ignore[no-untyped-def]
+def test_appd_does_not_write_through_planted_symlinks(env: Env, victim: Path,
+                                                     appd_factory: Callable[..., Appd]) -> None:
     runtime = env.runtime_dir / "weft"
     runtime.mkdir(mode=0o700)
     victim.write_text('["org.weft.demo.counter"]')

@@ -41,7 +41,7 @@ def test_replies_are_maps_with_a_type_tag():
     frame = protocol.encode_frame(protocol.LaunchAck(session_id=7, app_id="a.b.c"))
     assert msgpack.unpackb(frame[4:]) == {"type": "LAUNCH_ACK", "session_id": 7, "app_id": "a.b.c"}
     assert int.from_bytes(frame[:4], "little") == len(frame) - 4
-    assert json.loads(protocol.encode_json(protocol.AppState(session_id=1, state="stopped"))) == {
+    assert json.loads(protocol.encode_json(protocol.AppState(session_id=1, state=protocol.SessionState.STOPPED))) == {
         "type": "APP_STATE", "session_id": 1, "state": "stopped"}
 
 
