@@ -110,7 +110,7 @@ def test_a_missing_or_unreadable_store_is_not_an_error(tmp_path: Path) -> None:
 
 
 def test_appd_answers_the_installed_apps_query_despite_a_broken_package(env: Env, built_apps: dict[str, Path],
-                                                                        appd_factory) -> None:  # type: ignore[no-untyped-def]
+                                                                        appd_factory) -> None:
     env.install(built_apps["org.weft.demo.counter"])
     nested = write_package(env.store / "com.example.nested", app_id="com.example.nested")
     with open(nested / "wapp.toml", "a") as fh:

@@ -46,10 +46,11 @@ def test_install_records_the_verified_publisher(sample_package: Path, store: Sto
     signed = install_package(sample_package, store, trusted_key=load_verify_key(keypair[1]))
     assert signed.publisher == _fingerprint(keypair[1])
     assert store.resolve_package(APP).publisher == signed.publisher
+    assert store.app_data_root is not None
     assert store.app_data_dir(APP, signed.publisher) == store.app_data_root / APP / signed.publisher
     assert store.app_data_dir(APP, signed.publisher).is_dir()
     uninstall_package(APP, store)
-    assert not install_record_path(store.install_root, APP).exists()  # the record goes with the package
+    assert not install_record_path(store.require_install_root(), APP).exists()  # the record goes with the package
 
 
 def test_a_signature_not_checked_at_install_counts_as_unsigned(sample_package: Path, store: StorePaths,
@@ -89,7 +90,7 @@ def test_an_unsigned_package_reusing_a_signed_apps_id_does_not_see_its_data(
 
 def test_a_package_copied_into_the_store_by_hand_is_unsigned(make_package: Callable[..., Path],
                                                              store: StorePaths) -> None:
-    write_package(store.install_root / APP)
+    write_package(store.require_install_root() / APP)
     assert store.resolve_package(APP).publisher == UNSIGNED
 
 
@@ -97,9 +98,9 @@ def test_a_package_copied_into_the_store_by_hand_is_unsigned(make_package: Calla
                                      '{"app_id": "com.example.other", "publisher": "unsigned"}', "x" * 5000])
 def test_a_damaged_install_record_fails_closed(content: str, sample_package: Path, store: StorePaths) -> None:
     install_package(sample_package, store)
-    install_record_path(store.install_root, APP).write_text(content)
+    install_record_path(store.require_install_root(), APP).write_text(content)
     with pytest.raises(WeftError, match="install record"):
-        read_install_record(store.install_root, APP)
+        read_install_record(store.require_install_root(), APP)
     with pytest.raises(WeftError, match="install record"):
         store.resolve_package(APP)
     listing = store.list_packages()
