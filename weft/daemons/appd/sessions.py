@@ -6,6 +6,8 @@ SIGKILL after the grace period, is reaped, its relay is closed, the state become
 APP_STATE stopped is broadcast. A session whose runtime ended on its own with an error is
 recorded with a reason and a message (APP_STATE, RUNNING_APPS.ended_with_error); for a verified
 image appd first asks weft-mountd whether dm-verity saw corruption, which then is the error.
+Any other exception in the supervisor is logged once with its traceback and ends the session
+as failed, with the exception as the message.
 The package (app_source.py) is released last. Registry operations never wait while holding
 anything, so there is no lock to deadlock on (the reference hung in IPC_FORWARD, §11.2).
 """
@@ -162,6 +164,9 @@ class SessionManager:
             session.fail(EndReason.CGROUP_FAILED, str(exc))
         except asyncio.CancelledError:
             pass  # terminate or shutdown: fall through to the teardown
+        except Exception as exc:  # a bug ends this session visibly, not appd and not silently
+            log.exception("session %d (%s): supervisor failed", session.id, session.app_id)
+            session.fail(EndReason.FAILED, f"appd failed while supervising the session: {type(exc).__name__}: {exc}")
         finally:
             await self._teardown(session)
 
