@@ -19,8 +19,9 @@ from platform_support import wait_for
 from weft.daemons.appd.app_source import DirectorySource, PackageRoot
 from weft.daemons.appd.cgroups import AppCgroups, CgroupError, own_cgroup
 from weft.daemons.appd.config import AppdConfig, AppLimits
+from weft.daemons.appd.hub import Hub
 from weft.daemons.appd.runtimes import RuntimePool
-from weft.daemons.appd.sessions import Hub, SessionManager
+from weft.daemons.appd.sessions import SessionManager
 from weft.daemons.protocol import SessionState
 
 OWN = "/system.slice/weft-appd.service"
@@ -106,7 +107,7 @@ def test_a_missing_limit_file_is_an_error_not_a_silent_skip(fs_root: Path) -> No
             (path / "memory.swap.max").unlink()
 
     cgroups = NoSwapAccounting.delegated(LIMITS, fs_root, OWN)
-    with pytest.raises(CgroupError, match="memory.swap.max"):
+    with pytest.raises(CgroupError, match=r"memory\.swap\.max"):
         cgroups.enter_session(4242, 1)
     assert not (_base(fs_root) / "app-1").exists()  # nothing half-made is left
 
@@ -162,7 +163,8 @@ def test_a_session_runtime_is_in_its_cgroup_before_the_launch_message(fs_root: P
     script = tmp_path / "fake_runtime.py"
     script.write_text(FAKE_RUNTIME)
     env = {"XDG_RUNTIME_DIR": str(tmp_path), "HOME": str(tmp_path), "WEFT_APP_CGROUPS": "required",
-           "WEFT_RUNTIME_BIN": f"{sys.executable} {script} {_base(fs_root)}", "WEFT_RUNTIME_POOL": "1", "WEFT_APP_PIDS_MAX": "99"}
+           "WEFT_RUNTIME_BIN": f"{sys.executable} {script} {_base(fs_root)}", "WEFT_RUNTIME_POOL": "1",
+           "WEFT_APP_PIDS_MAX": "99"}
     config = AppdConfig.from_env(env)
 
     async def scenario() -> None:

@@ -83,7 +83,7 @@ def _variable_reads(path: Path) -> list[tuple[int, str]]:
     """`env["X"]`, `env.get("X")`, `os.getenv("X")`, `"X" in env`: where a module reads variable X."""
     reads = []
     for node in ast.walk(ast.parse(path.read_text())):
-        key = None
+        key: ast.expr | None = None
         if isinstance(node, ast.Subscript):
             key = node.slice
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
@@ -92,7 +92,7 @@ def _variable_reads(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)):
             key = node.left
         if isinstance(key, ast.Constant) and isinstance(key.value, str):
-            reads.append((node.lineno, key.value))
+            reads.append((key.lineno, key.value))
     return reads
 
 
