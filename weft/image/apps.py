@@ -26,8 +26,9 @@ from pathlib import Path
 
 from weft.errors import WeftError
 from weft.image.guests import build_package
-from weft.pack.image import IMAGE_SUFFIX, build_image, verify_image
+from weft.pack.image import build_image, verify_image
 from weft.pack.keys import generate_keypair, load_signing_key
+from weft.store import image_file
 
 log = logging.getLogger("weft.image")
 
@@ -87,7 +88,7 @@ def prepare_apps(sources: Sequence[Path], key_path: Path, dest: Path, *, cache: 
         for src in sources:
             log.info("image: building and signing %s", src.name)
             package = build_package(src, Path(work), cache)
-            image = build_image(package, key, images_dir / f"{src.name}{IMAGE_SUFFIX}", timestamp=timestamp,
+            image = build_image(package, key, image_file(images_dir, src.name), timestamp=timestamp,
                                 progress=_progress(src.name))
             footer = verify_image(image, [key.verify_key]).footer
             if footer.app_id != src.name:

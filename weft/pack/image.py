@@ -36,14 +36,15 @@ from weft.pack.image_manifest import ImageManifestError, inner_manifest
 from weft.pack.keys import key_id
 from weft.pack.tree import copy_package
 from weft.proc import find_tool, run
+from weft.store import IMAGE_SUFFIX
 from weft.verity import VerityMismatch, VerityParams, format_hash, verify_hash
 
-IMAGE_SUFFIX = ".wapp"
 # Fixed namespace for the image UUID: uuid5(namespace, "<id>\n<version>").
 UUID_NAMESPACE = uuidlib.UUID("6b1c3f9e-0a51-4d0e-9a6f-57e3f1c2b7d4")
 MKFS_TIMEOUT_S = 600
-# `<id>-<version>.wapp`: ids never contain '-', so the first '-' splits the name unambiguously.
-IMAGE_NAME_RE = re.compile(r"^(?P<id>[a-z][a-z0-9.]*)-(?P<version>.+)\.wapp$")
+# What build-image writes by default, `<id>-<version>.wapp` (a store keeps `<id>.wapp`, weft.store):
+# ids never contain '-', so the first '-' splits the name unambiguously.
+IMAGE_NAME_RE = re.compile(rf"^(?P<id>[a-z][a-z0-9.]*)-(?P<version>.+){re.escape(IMAGE_SUFFIX)}$")
 
 
 class ImageError(WeftError):

@@ -27,10 +27,9 @@ from weft.daemons.appd.mountd_link import MountdLink, MountdRefusal
 from weft.daemons.protocol import AppInfo, LaunchReason
 from weft.errors import WeftError
 from weft.manifest import AppId
-from weft.store import Publisher, StorePaths
+from weft.store import Publisher, StorePaths, image_file
 
 log = logging.getLogger("weft.appd")
-IMAGE_SUFFIX = ".wapp"
 _ROOT_HASH = re.compile(r"^[0-9a-f]{64}$")
 _PUBLISHER = re.compile(r"^[0-9a-f]{32}$")  # a key fingerprint: a verified image is never `unsigned`
 
@@ -109,10 +108,10 @@ class VerifiedSource(AppSource):
 
     def image_path(self, app_id: str) -> Path:
         """The image weft-mountd activates for `app_id` (the system store wins), for messages."""
-        system = self.store.system_images_root / f"{app_id}{IMAGE_SUFFIX}"
+        system = image_file(self.store.system_images_root, app_id)
         if os.path.lexists(system) or self.store.images_root is None:
             return system
-        return self.store.images_root / f"{app_id}{IMAGE_SUFFIX}"
+        return image_file(self.store.images_root, app_id)
 
     async def acquire(self, app_id: str) -> PackageRoot:
         image = self.image_path(app_id)

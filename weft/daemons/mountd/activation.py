@@ -43,7 +43,7 @@ from weft.pack.footer import (
 )
 from weft.pack.keys import key_id
 from weft.rollback import RollbackError, RollbackRecord, RollbackRecordError, VersionOrderError
-from weft.store import PUBLISHER_HEX_CHARS, publisher_from_key_id
+from weft.store import PUBLISHER_HEX_CHARS, image_file, publisher_from_key_id
 from weft.verity import compute_layout, encode_superblock
 
 log = logging.getLogger("weft.mountd")
@@ -51,7 +51,6 @@ log = logging.getLogger("weft.mountd")
 DM_PREFIX = "weft-app-"
 UUID_PREFIX = "WEFT-APP-"
 DM_NAME_MAX = 127  # DM_NAME_LEN without its NUL
-IMAGE_SUFFIX = ".wapp"
 SECTOR_SIZE = 512
 EROFS_SUPERBLOCK_OFFSET = 1024
 EROFS_MAGIC = 0xE0F5E1E2
@@ -132,7 +131,7 @@ def open_image(config: MountdConfig, app_id: str) -> OpenImage:
     """The store's image for `app_id`, opened once: everything after this uses the descriptor.
     The system store wins; a bad file there is an error, never a reason to try the other store."""
     for store, system in ((config.system_images, True), (config.images, False)):
-        path = store / f"{app_id}{IMAGE_SUFFIX}"
+        path = image_file(store, app_id)
         try:  # O_NONBLOCK: a FIFO planted in the store must not hang the helper
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
@@ -147,7 +146,7 @@ def open_image(config: MountdConfig, app_id: str) -> OpenImage:
             what = "a directory (a package directory is not an image)" if stat.S_ISDIR(mode) else "not a regular file"
             raise MountdError(MountReason.BAD_IMAGE, f"{path} is {what}")
         return OpenImage(fd=fd, path=path, system=system)
-    raise MountdError(MountReason.NOT_INSTALLED, f"{app_id} is not installed (no {app_id}{IMAGE_SUFFIX} in "
+    raise MountdError(MountReason.NOT_INSTALLED, f"{app_id} is not installed (no {path.name} in "
                                                  f"{config.system_images} or {config.images})")
 
 
