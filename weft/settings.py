@@ -111,7 +111,8 @@ SYSTEM_IMAGE_STORE: Setting[Path] = Setting(
     "app images shipped with the OS (read-only; its presence marks WEFT OS); their ids cannot be installed")
 TRUSTED_KEYS: Setting[Path] = Setting(
     "WEFT_TRUSTED_KEYS", Path, Path("/usr/share/weft/trusted-keys"),
-    "publisher keys (`*.pub`) the device trusts; the store listing shows only images signed by one of them")
+    "publisher keys (`*.pub`) the device trusts: the listing, `weft-pack install/info` and weft-mountd accept only "
+    "images signed by one of them")
 ROLLBACK_RECORD: Setting[Path] = Setting(
     "WEFT_ROLLBACK_RECORD", Path, Path("/var/lib/weft-mountd/versions.json"),
     "highest version of each app activated on this device (weft-mountd writes it; weft-pack reads it)")

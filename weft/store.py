@@ -59,9 +59,6 @@ SYSTEM_STORE = settings.SYSTEM_APP_STORE.default
 SYSTEM_IMAGE_STORE = settings.SYSTEM_IMAGE_STORE.default
 DEVICE_IMAGE_STORE = Path("/var/lib/weft/images")
 IMAGE_SUFFIX = ".wapp"  # an image store holds `<app_id>.wapp`
-# The publisher keys the device trusts, on the verity-protected root.
-TRUSTED_KEYS_DIR = settings.TRUSTED_KEYS.default
-
 
 UNSIGNED = "unsigned"
 PUBLISHER_HEX_CHARS = 32
@@ -225,7 +222,7 @@ class StorePaths(BaseModel):
     images_root: Path | None = None
     system_images_root: Path = SYSTEM_IMAGE_STORE
     rollback_record: Path = settings.ROLLBACK_RECORD.default
-    trusted_keys_dir: Path = TRUSTED_KEYS_DIR
+    trusted_keys_dir: Path = settings.TRUSTED_KEYS.default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StorePaths:

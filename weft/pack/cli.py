@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from weft import settings
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.errors import UsageError, WeftError
 from weft.manifest import is_valid_app_id, load_manifest
-from weft.store import PACKAGE_KINDS, TRUSTED_KEYS_DIR, StorePaths
+from weft.store import PACKAGE_KINDS, StorePaths
 from weft.terminal import terminal_safe
 
 if TYPE_CHECKING:  # the commands import what they use when they run: start-up stays fast
@@ -301,7 +302,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--image-key", type=Path, metavar="KEY",
                    help="pack the package directory into a .wapp signed with this private key, then install it")
     p.add_argument("--trusted-keys", "--keys", type=Path, metavar="DIR",
-                   help=f"trusted publisher keys for images (default: $WEFT_TRUSTED_KEYS, else {TRUSTED_KEYS_DIR})")
+                   help=f"trusted publisher keys for images (default: ${settings.TRUSTED_KEYS.env}, "
+                        f"else {settings.TRUSTED_KEYS.default})")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install an image older than the installed or activated version (lowers the "
                         "device's rollback record: root only)")

@@ -5,15 +5,17 @@ user. `--socket PATH` binds a socket itself instead, for development. See docs/m
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import pwd
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from weft import settings
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.daemons.appd.sd_notify import sd_notify
 from weft.daemons.mountd.config import APPD_USER, MountdConfig
@@ -57,8 +59,12 @@ async def serve(kernel: Kernel, config: MountdConfig, socket_path: Path | None) 
     await server.close()
 
 
-def main_entry(argv: Sequence[str]) -> int:
+def parse_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None,
+                       ) -> tuple[argparse.Namespace, MountdConfig]:
+    """The arguments and the configuration they give; `env` (default: this process's) supplies
+    WEFT_TRUSTED_KEYS, the keys every other WEFT program trusts, unless --trusted-keys overrides it."""
     doc = __doc__ or ""
+    trusted_keys = settings.TRUSTED_KEYS.read(env)
     parser = ArgumentParser(prog="weft-mountd", description=doc.split("\n\n")[0], epilog=doc.split("\n\n")[1])
     parser.add_argument("--socket", type=Path, help="listen here instead of on the socket systemd passes")
     parser.add_argument("--appd-user", default=APPD_USER,
@@ -67,21 +73,27 @@ def main_entry(argv: Sequence[str]) -> int:
                         help=f"images shipped with the OS, checked first (default: {DEFAULTS.system_images})")
     parser.add_argument("--images", type=Path, default=DEFAULTS.images,
                         help=f"installed images (default: {DEFAULTS.images})")
-    parser.add_argument("--trusted-keys", type=Path, default=DEFAULTS.trusted_keys,
-                        help=f"directory of trusted publisher keys *.pub (default: {DEFAULTS.trusted_keys})")
+    parser.add_argument("--trusted-keys", type=Path, default=trusted_keys,
+                        help=f"directory of trusted publisher keys *.pub (default: ${settings.TRUSTED_KEYS.env}, "
+                             f"else {settings.TRUSTED_KEYS.default})")
     parser.add_argument("--mount-root", type=Path, default=DEFAULTS.mount_root,
                         help=f"where images are mounted, <root>/<app_id> (default: {DEFAULTS.mount_root})")
     parser.add_argument("--rollback-record", type=Path, default=DEFAULTS.rollback_record,
                         help=f"highest version activated per app (default: {DEFAULTS.rollback_record})")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    config = MountdConfig(system_images=args.system_images, images=args.images, trusted_keys=args.trusted_keys,
+                          mount_root=args.mount_root, rollback_record=args.rollback_record,
+                          appd_uid=_uid_of(args.appd_user))
+    return args, config
+
+
+def main_entry(argv: Sequence[str]) -> int:
+    args, config = parse_command_line(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="weft-mountd %(levelname)s %(message)s", force=True)
     if os.geteuid() != 0:
         raise WeftError("weft-mountd must run as root (it is started by weft-mountd.socket)")
-    config = MountdConfig(system_images=args.system_images, images=args.images, trusted_keys=args.trusted_keys,
-                          mount_root=args.mount_root, rollback_record=args.rollback_record,
-                          appd_uid=_uid_of(args.appd_user))
     asyncio.run(serve(LinuxKernel(), config, args.socket))
     return 0
 

@@ -13,7 +13,6 @@ from weft import settings
 from weft.rollback import ROLLBACK_RECORD
 from weft.store import DEVICE_IMAGE_STORE, SYSTEM_IMAGE_STORE
 
-TRUSTED_KEYS = Path("/usr/share/weft/trusted-keys")
 APPD_USER = "weft"
 
 
@@ -22,7 +21,7 @@ class MountdConfig(BaseModel):
     # Shipped images (verity-protected root) win over installed ones: a system id is never shadowed.
     system_images: Path = SYSTEM_IMAGE_STORE
     images: Path = DEVICE_IMAGE_STORE
-    trusted_keys: Path = TRUSTED_KEYS
+    trusted_keys: Path = settings.TRUSTED_KEYS.default  # the CLI passes WEFT_TRUSTED_KEYS or --trusted-keys
     mount_root: Path = settings.APPS_MOUNT_ROOT.default
     rollback_record: Path = ROLLBACK_RECORD
     appd_uid: int = Field(ge=0)
