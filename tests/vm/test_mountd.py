@@ -8,7 +8,6 @@ the client runs in the guest as the appd user `weft`.
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
+from vm_support import MOUNTS, assert_nothing_left, leftovers, push
 
 from weft.image import guests
 from weft.pack.footer import FORMAT_VERSION, MAGIC, TRAILER, Footer, SignedFooter, read_footer, seal_footer
@@ -35,11 +35,9 @@ APP = "org.weft.test.mountd"
 ALONGSIDE = "org.weft.test.mountdpeer"
 ROLLBACK_APP = "org.weft.test.mountdroll"
 STORE = "/var/lib/weft/images"
-MOUNTS = "/run/weft/apps"
 CLIENT = "/tmp/weft-mountd-client.py"
 AS_APPD = "setpriv --reuid=weft --regid=weft --init-groups"
 PYTHON = "/usr/lib/weft/venv/bin/python"
-CHUNK = 2000  # base64 characters per console command
 BIG_MARKER = b"weft-mountd-big-file-marker"
 
 # Runs in the guest: one connection per invocation; `hold` keeps its reference until
@@ -88,33 +86,10 @@ except WeftError as exc:
 '''
 
 
-def push(machine: Machine, data: bytes, remote: str) -> None:
-    encoded = base64.b64encode(data).decode()
-    machine.succeed(f"rm -f {remote}.b64")
-    for i in range(0, len(encoded), CHUNK):
-        machine.succeed(f"printf %s '{encoded[i:i + CHUNK]}' >> {remote}.b64")
-    machine.succeed(f"base64 -d {remote}.b64 > {remote} && rm {remote}.b64")
-
-
 def client(machine: Machine, *args: str, as_user: str = AS_APPD) -> tuple[int, Any]:
     status, output = machine.execute(f"{as_user} {PYTHON} {CLIENT} {' '.join(args)}", timeout=180)
     lines = [line for line in output.splitlines() if line.startswith(("{", "["))]
     return status, json.loads(lines[-1]) if lines else {"output": output}
-
-
-def leftovers(machine: Machine) -> str:
-    """weft dm devices, loop devices over store images, mounts and entries under /run/weft/apps."""
-    return machine.succeed(
-        "{ dmsetup ls | grep '^weft-app-' ; losetup -ln -O NAME,BACK-FILE | grep '/weft/images/' ; "
-        f"findmnt -rn -o TARGET | grep '^{MOUNTS}/' ; ls -A {MOUNTS} ; }} || true").strip()
-
-
-def assert_nothing_left(machine: Machine, timeout: float = 10) -> None:
-    """Loop devices autoclear asynchronously after the dm device goes: allow a moment."""
-    deadline = time.monotonic() + timeout
-    while (left := leftovers(machine)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert left == "", f"left behind:\n{left}"
 
 
 def install(machine: Machine, app_id: str, data: bytes) -> None:
