@@ -33,11 +33,12 @@ def _quiet(_message: str) -> None:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def env(tmp_path: Path, trusted_dir: Path) -> dict[str, str]:
     return {"HOME": str(tmp_path / "home"), "WEFT_APP_STORE": str(tmp_path / "store"),
             "WEFT_APP_DATA": str(tmp_path / "app-data"), "WEFT_IMAGE_STORE": str(tmp_path / "images"),
             "WEFT_SYSTEM_IMAGE_STORE": str(tmp_path / "system-images"),
-            "WEFT_ROLLBACK_RECORD": str(tmp_path / "mountd" / "versions.json")}
+            "WEFT_ROLLBACK_RECORD": str(tmp_path / "mountd" / "versions.json"),
+            "WEFT_TRUSTED_KEYS": str(trusted_dir)}  # what `list` and `info` check footers against
 
 
 @pytest.fixture
@@ -296,10 +297,9 @@ def test_cli_install_list_info_uninstall(make_image, env, store, trusted_dir):
     proc = pack("install", str(image), "--trusted-keys", str(trusted_dir), env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"installed {APP} 1.2.3 (publisher " in proc.stdout
-    trusting = {**env, "WEFT_TRUSTED_KEYS": str(trusted_dir)}  # what `list` checks footers against
-    listed = json.loads(pack("list", "--json", env=trusting).stdout)
+    listed = json.loads(pack("list", "--json", env=env).stdout)
     assert [(e["kind"], e["id"], e["version"], e["store"]) for e in listed] == [("image", APP, "1.2.3", "user")]
-    assert f"{APP}  Notes  1.2.3  image (user)" in pack("list", env=trusting).stdout
+    assert f"{APP}  Notes  1.2.3  image (user)" in pack("list", env=env).stdout
     info = json.loads(pack("info", APP, "--json", env=env).stdout)
     footer = read_footer(image)
     assert info["root_hash"] == footer.footer.verity.root_hash and info["file_size"] == image.stat().st_size

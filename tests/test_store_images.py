@@ -287,3 +287,45 @@ def test_install_trusts_the_same_keys_as_the_listing(stores: dict[str, str], tmp
     assert proc.stdout.startswith("installed com.example.good 1.0.0 (publisher ")
     assert [e["id"] for e in json.loads(_pack("list", "--json", "--kind", "image", env=env).stdout)] == [
         "com.example.good", SHIPPED]
+
+
+# -- weft-pack info checks the footer's signature as the listing does ---------------------------
+# Before: `info` described any footer as it found it, so an image signed by an unknown key or with
+# a forged signature was shown like a trusted one.
+
+def _pack_refused(*argv: str, env: dict[str, str]) -> str:
+    proc = subprocess.run([*PACK, *argv], capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: "), proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("app_id", ["com.example.badsig", "com.example.untrusted"])
+def test_info_refuses_an_installed_image_whose_signature_the_listing_refuses(stores: dict[str, str],
+                                                                             app_id: str) -> None:
+    message = _pack_refused("info", app_id, env=stores)
+    assert SKIPPED_IMAGES[f"{app_id}.wapp"] in message and "not listed" in message
+    assert f"'weft-pack info {Path(stores['WEFT_IMAGE_STORE']) / app_id}.wapp' shows its unverified footer" in message
+
+
+def test_info_of_an_image_file_says_whether_a_trusted_key_signed_it(stores: dict[str, str]) -> None:
+    images = Path(stores["WEFT_IMAGE_STORE"])
+    good = subprocess.run([*PACK, "info", str(images / "com.example.good.wapp")], capture_output=True, text=True,
+                          env={**os.environ, **stores}, timeout=60)
+    assert good.returncode == 0 and good.stderr == "", good.stderr
+    assert f"signature:  verified (a trusted key in {stores['WEFT_TRUSTED_KEYS']})" in good.stdout
+    for name in ("com.example.untrusted.wapp", "com.example.badsig.wapp"):
+        reason = SKIPPED_IMAGES[name]
+        text = _pack("info", str(images / name), env=stores)
+        assert f"signature:  UNVERIFIED: {reason}" in text.stdout
+        assert text.stderr.startswith(f"warning: {images / name}: UNVERIFIED: {reason}")
+        described = json.loads(_pack("info", "--json", str(images / name), env=stores).stdout)
+        assert described["signature"] == "unverified" and reason in described["signature_problem"]
+    assert json.loads(_pack("info", "--json", "com.example.good", env=stores).stdout)["signature"] == "verified"
+
+
+def test_info_without_usable_trusted_keys_vouches_for_nothing(stores: dict[str, str], tmp_path: Path) -> None:
+    no_keys = {**stores, "WEFT_TRUSTED_KEYS": str(tmp_path / "absent")}
+    assert "no trusted publisher keys (*.pub) in" in _pack_refused("info", "com.example.good", env=no_keys)
+    shipped = _pack("info", "--json", SHIPPED, "--trusted-keys", stores["WEFT_TRUSTED_KEYS"], env=no_keys)
+    assert json.loads(shipped.stdout)["store"] == "system"  # the flag names the keys instead

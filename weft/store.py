@@ -139,15 +139,12 @@ class _TrustedKeys:
 
     def get(self) -> Sequence[VerifyKey]:
         if self._keys is None and self._problem is None:
-            from weft.pack.footer import load_trusted_keys  # PyNaCl: only when there are images
+            from weft.pack.footer import require_trusted_keys  # PyNaCl: only when there are images
 
             try:
-                self._keys = load_trusted_keys(self.directory)
+                self._keys = require_trusted_keys(self.directory)
             except WeftError as exc:
-                self._problem = f"the trusted keys are unusable: {exc}"
-            else:
-                if not self._keys:
-                    self._problem = f"no trusted publisher keys (*.pub) in {self.directory}"
+                self._problem = str(exc)
         if self._problem is not None:
             raise _NotAPackage(self._problem)
         assert self._keys is not None

@@ -53,13 +53,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from weft.pack.image_store import describe_image, find_image
 
-    if args.dir.is_file():
-        return _print_image_info(describe_image(args.dir, store=None), args.json)
+    store = StorePaths.from_env()
+    key_dir = args.trusted_keys or store.trusted_keys_dir  # the keys `list` trusts (WEFT_TRUSTED_KEYS)
+    if args.dir.is_file():  # any .wapp file: described, and said to be unverified if it is
+        return _print_image_info(describe_image(args.dir, None, key_dir), key_dir, args.json)
     if not args.dir.exists() and is_valid_app_id(str(args.dir)):  # an installed app's id
-        store = StorePaths.from_env()
-        image = find_image(str(args.dir), store)
+        image = find_image(str(args.dir), store, key_dir)  # refuses an image no trusted key signed
         if image is not None:
-            return _print_image_info(image, args.json)
+            return _print_image_info(image, key_dir, args.json)
         args.dir = store.find_package(str(args.dir))
     m = load_manifest(args.dir)
     p = m.package
@@ -77,18 +78,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_image_info(image: StoredImage, as_json: bool) -> int:
+def _print_image_info(image: StoredImage, key_dir: Path, as_json: bool) -> int:
+    if image.signature_problem is not None:
+        _warn(f"{image.path}: UNVERIFIED: {image.signature_problem} (trusted keys: {key_dir}); nothing this "
+              f"footer says is vouched for, the listing skips such an image and weft-mountd does not mount it")
     if as_json:
         _out(json.dumps(image.model_dump(mode="json"), indent=2))
         return 0
-    rows = [("id", image.id), ("version", image.version), ("store", image.store),
+    signature = (f"verified (a trusted key in {key_dir})" if image.signature_problem is None
+                 else f"UNVERIFIED: {image.signature_problem}")
+    rows = [("signature", signature), ("id", image.id), ("version", image.version), ("store", image.store),
             ("path", terminal_safe(str(image.path))), ("publisher", image.publisher), ("key id", image.key_id),
             ("root hash", image.root_hash), ("file size", f"{image.file_size} bytes"),
             ("data size", f"{image.data_size} bytes"), ("hash size", f"{image.hash_size} bytes")]
     for label, value in rows:
         if value is not None:
             _out(f"{label + ':':<11} {_shown(value)}")
-    _out("(from the footer; install and verify-image check the signature and every block)")
+    _out("(from the footer; install, verify-image and weft-mountd check every block as well)")
     return 0
 
 
@@ -153,7 +159,7 @@ def _install_image(args: argparse.Namespace) -> int:
     keys = load_trusted_keys(key_dir)
     if not keys:
         raise UsageError(f"no trusted publisher keys in {key_dir}; on a development host pass "
-                         f"--trusted-keys DIR (a directory of *.pub files) or set WEFT_TRUSTED_KEYS")
+                         f"--trusted-keys DIR (a directory of *.pub files) or set {settings.TRUSTED_KEYS.env}")
     with tempfile.TemporaryDirectory(prefix="weft-pack-") as work:
         source = args.source
         if args.image_key:
@@ -286,6 +292,9 @@ def build_parser() -> ArgumentParser:
                 "an installed app id)")
     p.add_argument("dir", type=Path, metavar="TARGET")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trusted-keys", "--keys", type=Path, metavar="DIR",
+                   help=f"the keys an image's footer signature is checked against (default: "
+                        f"${settings.TRUSTED_KEYS.env}, else {settings.TRUSTED_KEYS.default})")
     p = command("generate-key", cmd_generate_key, "create weft-sign.key (mode 0600) and weft-sign.pub")
     p.add_argument("dir", type=Path, nargs="?", default=Path("."))
     p = command("sign", cmd_sign, "write DIR/signature.sig (Ed25519 over the canonical bundle hash)")

@@ -185,6 +185,18 @@ def load_trusted_keys(key_dir: str | os.PathLike[str]) -> list[VerifyKey]:
     return [load_verify_key(p) for p in paths]
 
 
+def require_trusted_keys(key_dir: str | os.PathLike[str]) -> list[VerifyKey]:
+    """load_trusted_keys, refusing a directory without any (nothing could verify an image); the
+    KeyFileError says which of the two it is."""
+    try:
+        keys = load_trusted_keys(key_dir)
+    except KeyFileError as exc:
+        raise KeyFileError(f"the trusted keys are unusable: {exc}") from None
+    if not keys:
+        raise KeyFileError(f"no trusted publisher keys (*.pub) in {os.fspath(key_dir)}")
+    return keys
+
+
 def verify_footer_signature(signed: SignedFooter, keys: Iterable[VerifyKey]) -> VerifyKey:
     """Return the trusted key that signed the footer, or raise FooterSignatureError."""
     for key in keys:

@@ -26,7 +26,14 @@ from nacl.signing import VerifyKey
 from pydantic import BaseModel, ConfigDict
 
 from weft.errors import WeftError
-from weft.pack.footer import Footer, FooterError, SignedFooter, read_footer
+from weft.pack.footer import (
+    Footer,
+    FooterError,
+    SignedFooter,
+    read_footer,
+    require_trusted_keys,
+    verify_footer_signature,
+)
 from weft.pack.image import verify_image
 from weft.rollback import RollbackError, RollbackRecord, RollbackRecordError, compare_versions, version_key
 from weft.store import StorePaths, image_file, publisher_from_key_id
@@ -46,7 +53,8 @@ StoreName = Literal["system", "installed"]
 
 
 class StoredImage(BaseModel):
-    """One image in a store, described from its footer (not re-verified)."""
+    """One image in a store, described from its footer. Its signature is checked (as the listing
+    checks it); its blocks are not: install, verify-image and weft-mountd check every block."""
 
     model_config = ConfigDict(frozen=True)
     id: str
@@ -59,13 +67,18 @@ class StoredImage(BaseModel):
     file_size: int
     data_size: int
     hash_size: int
+    signature: Literal["verified", "unverified"]  # by a trusted key, or not: then nothing above is vouched for
+    signature_problem: str | None = None  # why it is unverified
 
     @classmethod
-    def from_footer(cls, signed: SignedFooter, path: Path, store: StoreName | None) -> StoredImage:
+    def from_footer(cls, signed: SignedFooter, path: Path, store: StoreName | None,
+                    signature_problem: str | None = None) -> StoredImage:
         f = signed.footer
         return cls(id=f.app_id, version=f.version, store=store, path=path, publisher=publisher_of(f),
                    key_id=f.key_id, root_hash=f.verity.root_hash, file_size=signed.file_size,
-                   data_size=f.data_size, hash_size=f.verity.hash_size)
+                   data_size=f.data_size, hash_size=f.verity.hash_size,
+                   signature="verified" if signature_problem is None else "unverified",
+                   signature_problem=signature_problem)
 
 
 def publisher_of(footer: Footer) -> str:
@@ -79,20 +92,32 @@ def _store_roots(store: StorePaths) -> list[tuple[StoreName, Path]]:
     return roots
 
 
-def describe_image(path: Path, store: StoreName | None, expected_id: str | None = None) -> StoredImage:
-    """The footer of `path` (signature not checked); FooterError if unreadable or misnamed."""
+def describe_image(path: Path, store: StoreName | None, trusted_keys_dir: Path,
+                   expected_id: str | None = None) -> StoredImage:
+    """The footer of `path`, marked unverified (with the reason) unless a key in `trusted_keys_dir`
+    signed it; FooterError if unreadable or misnamed."""
     signed = read_footer(path)
     if expected_id is not None and signed.footer.app_id != expected_id:
         raise FooterError(f"{path} holds {signed.footer.app_id}, not {expected_id}")
+    try:
+        verify_footer_signature(signed, require_trusted_keys(trusted_keys_dir))
+    except WeftError as exc:  # a bad or unknown signature, or no usable keys
+        return StoredImage.from_footer(signed, path, store, signature_problem=str(exc))
     return StoredImage.from_footer(signed, path, store)
 
 
-def find_image(app_id: str, store: StorePaths) -> StoredImage | None:
-    """The image that runs for `app_id`: the system store's if it has one, else the installed one."""
+def find_image(app_id: str, store: StorePaths, trusted_keys_dir: Path | None = None) -> StoredImage | None:
+    """The image that runs for `app_id`: the system store's if it has one, else the installed one.
+    ImageStoreError if a trusted key (default: the store's, WEFT_TRUSTED_KEYS) did not sign its
+    footer: such an image is neither listed nor mounted, so it is not described as if it were."""
     for name, root in _store_roots(store):
         path = image_file(root, app_id)
         if path.is_file():
-            return describe_image(path, name, expected_id=app_id)
+            image = describe_image(path, name, trusted_keys_dir or store.trusted_keys_dir, expected_id=app_id)
+            if image.signature_problem is not None:
+                raise ImageStoreError(f"{path}: {image.signature_problem}; it is not listed and weft-mountd "
+                                      f"does not mount it ('weft-pack info {path}' shows its unverified footer)")
+            return image
     return None
 
 
