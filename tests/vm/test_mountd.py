@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from vm_support import MOUNTS, assert_nothing_left, leftovers, push
+from vm_support import MOUNTS, SharedMachine, assert_nothing_left, leftovers, push
 
 from weft.image import guests
 from weft.pack.footer import FORMAT_VERSION, MAGIC, TRAILER, Footer, SignedFooter, read_footer, seal_footer
@@ -148,7 +148,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
 
 
 @pytest.fixture(scope="module")
-def guest(machine: Machine) -> Iterator[Machine]:
+def guest(shared_vm: SharedMachine) -> Iterator[Machine]:
+    machine = shared_vm.get()
     machine.wait_for_unit("weft-mountd.socket")
     push(machine, CLIENT_SOURCE.encode(), CLIENT)
     machine.succeed(f"chmod 0644 {CLIENT}")

@@ -7,11 +7,19 @@ import io
 import tarfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 from weft.vm.machine import Machine
 
 CHUNK = 2000  # base64 characters per console command (the console line limit is 3500)
 MOUNTS = "/run/weft/apps"
+
+
+class SharedMachine(Protocol):
+    """conftest's `shared_vm` fixture (session scope), for module-scoped fixtures: the function-scoped
+    `machine` fixture cannot be used there."""
+
+    def get(self) -> Machine: ...
 
 
 def push(machine: Machine, data: bytes, remote: str) -> None:
