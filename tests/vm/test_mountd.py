@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from vm_support import MOUNTS, SharedMachine, assert_nothing_left, leftovers, push
+from vm_support import MOUNTS, SharedMachine, assert_nothing_left, leftovers
 
 from weft.image import guests
 from weft.pack.footer import FORMAT_VERSION, MAGIC, TRAILER, Footer, SignedFooter, read_footer, seal_footer
@@ -28,6 +28,7 @@ from weft.pack.image import build_image
 from weft.pack.keys import generate_keypair, load_signing_key
 from weft.verity import compute_layout
 from weft.vm.machine import Machine
+from weft.vm.transfer import push
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = REPO / "tests/vm/keys/weft-test.key"
