@@ -16,7 +16,7 @@ import enum
 import json
 import socket
 import struct
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgpack
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -29,6 +29,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_RECV_TIMEOUT_MS = 60_000  # IPC_RECV waits at most this long
 LENGTH = struct.Struct("<I")
 
+T = TypeVar("T")
 SessionId = Annotated[int, Field(ge=1, lt=1 << 63)]
 U32 = Annotated[int, Field(ge=0, lt=1 << 32)]
 
@@ -257,6 +258,13 @@ def _describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
+def _validate(adapter: TypeAdapter[T], data: Any, what: str) -> T:
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid {what}: {_describe(exc)}") from None
+
+
 def parse_request(data: Any) -> Message:
     """A request from a decoded msgpack/JSON value: a map with `type`, or an array."""
     if isinstance(data, (list, tuple)):
@@ -273,17 +281,11 @@ def parse_request(data: Any) -> Message:
         raise ProtocolError("unknown request type: `type` must be a string")
     if kind not in REQUEST_TYPES:
         raise ProtocolError(f"unknown request type {kind[:40]!r}")
-    try:
-        return _REQUEST.validate_python(data)
-    except ValidationError as exc:
-        raise ProtocolError(f"invalid {data['type']}: {_describe(exc)}") from None
+    return _validate(_REQUEST, data, kind)
 
 
 def parse_reply(data: Any) -> Message:
-    try:
-        return _REPLY.validate_python(data)
-    except ValidationError as exc:
-        raise ProtocolError(f"invalid reply: {_describe(exc)}") from None
+    return _validate(_REPLY, data, "reply")
 
 
 def to_wire(message: Message) -> dict[str, Any]:
@@ -331,34 +333,40 @@ def decode_body(body: bytes) -> Any:
         raise ProtocolError("malformed msgpack: a map key is an array or a map") from None
 
 
-def _check_length(header: bytes) -> int:
+def _check_length(header: bytes, max_bytes: int, what: str = "frame") -> int:
     (length,) = LENGTH.unpack(header)
-    if length > MAX_FRAME_BYTES:
-        raise FrameTooLarge(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+    if length > max_bytes:
+        raise FrameTooLarge(f"{what} of {length} bytes exceeds {max_bytes}")
     return int(length)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame body, or None at a clean end of stream."""
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES,
+                     what: str = "frame") -> bytes | None:
+    """The next frame body (at most `max_bytes`), or None at a clean end of stream."""
     try:
         header = await reader.readexactly(LENGTH.size)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise ProtocolError("connection closed inside a frame header") from None
         return None
-    length = _check_length(header)
+    length = _check_length(header, max_bytes, what)
     try:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         raise ProtocolError("connection closed inside a frame") from None
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+def recv_frame(sock: socket.socket, closed: str) -> bytes:
+    """The next frame body from a blocking socket; ProtocolError(`closed`) if the peer closes first."""
+    return _recv_exactly(sock, _check_length(_recv_exactly(sock, LENGTH.size, closed), MAX_FRAME_BYTES), closed)
+
+
+def _recv_exactly(sock: socket.socket, size: int, closed: str) -> bytes:
     chunks = bytearray()
     while len(chunks) < size:
         chunk = sock.recv(size - len(chunks))
         if not chunk:
-            raise WeftError("weft-appd closed the connection")
+            raise ProtocolError(closed)
         chunks += chunk
     return bytes(chunks)
 
@@ -377,8 +385,7 @@ class Client:
 
     def request(self, message: Message) -> Message:
         self.sock.sendall(encode_frame(message))
-        length = _check_length(_recv_exactly(self.sock, LENGTH.size))
-        return parse_reply(decode_body(_recv_exactly(self.sock, length)))
+        return parse_reply(decode_body(recv_frame(self.sock, "weft-appd closed the connection")))
 
     def close(self) -> None:
         self.sock.close()
@@ -491,34 +498,16 @@ def parse_mountd_request(data: Any) -> MountApp | UnmountApp | ListMounts | Chec
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in MOUNTD_REQUEST_TYPES:
         raise ProtocolError(f"unknown mountd request type {str(kind)[:40]!r}")
-    try:
-        return _MOUNTD_REQUEST.validate_python(data)
-    except ValidationError as exc:
-        raise ProtocolError(f"invalid {kind}: {_describe(exc)}") from None
+    return _validate(_MOUNTD_REQUEST, data, kind)
 
 
 def parse_mountd_reply(data: Any) -> AppMounted | AppUnmounted | Mounts | AppStatus | MountError:
-    try:
-        return _MOUNTD_REPLY.validate_python(data)
-    except ValidationError as exc:
-        raise ProtocolError(f"invalid mountd reply: {_describe(exc)}") from None
+    return _validate(_MOUNTD_REPLY, data, "mountd reply")
 
 
 async def read_mountd_request(reader: asyncio.StreamReader) -> bytes | None:
     """The next request body (at most MOUNTD_MAX_REQUEST_BYTES), or None at a clean end of stream."""
-    try:
-        header = await reader.readexactly(LENGTH.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ProtocolError("connection closed inside a frame header") from None
-        return None
-    (length,) = LENGTH.unpack(header)
-    if length > MOUNTD_MAX_REQUEST_BYTES:
-        raise FrameTooLarge(f"request of {length} bytes exceeds {MOUNTD_MAX_REQUEST_BYTES}")
-    try:
-        return await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise ProtocolError("connection closed inside a frame") from None
+    return await read_frame(reader, MOUNTD_MAX_REQUEST_BYTES, "request")
 
 
 # ==== weft-file-portal =======================================================================

@@ -13,8 +13,6 @@ from typing import Self, TypeVar
 from weft import settings
 from weft.daemons.mountd.errors import MountdError
 from weft.daemons.protocol import (
-    LENGTH,
-    MAX_FRAME_BYTES,
     AppMounted,
     AppStatus,
     AppUnmounted,
@@ -31,6 +29,7 @@ from weft.daemons.protocol import (
     decode_body,
     encode_frame,
     parse_mountd_reply,
+    recv_frame,
 )
 from weft.errors import WeftError
 
@@ -67,10 +66,7 @@ class MountdClient:
     def _call(self, request: MountApp | UnmountApp | ListMounts | CheckApp, expected: type[R]) -> R:
         try:
             self.sock.sendall(encode_frame(request))
-            (length,) = LENGTH.unpack(self._recv(LENGTH.size))
-            if length > MAX_FRAME_BYTES:
-                raise ProtocolError(f"reply of {length} bytes exceeds {MAX_FRAME_BYTES}")
-            reply = parse_mountd_reply(decode_body(self._recv(length)))
+            reply = parse_mountd_reply(decode_body(recv_frame(self.sock, CLOSED)))
         except (BrokenPipeError, ConnectionResetError):
             raise MountdError(MountReason.MOUNT_FAILED, f"weft-mountd at {self.path}: {CLOSED}") from None
         except (OSError, ProtocolError) as exc:
@@ -80,15 +76,6 @@ class MountdClient:
         if not isinstance(reply, expected):
             raise MountdError(MountReason.MOUNT_FAILED, f"weft-mountd answered {reply.type} to {request.type}")
         return reply
-
-    def _recv(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ProtocolError(CLOSED)
-            data += chunk
-        return bytes(data)
 
     def close(self) -> None:
         self.sock.close()
