@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tamper_support import flip_byte
 
 from weft.pack.footer import FooterError, FooterSignatureError, read_footer
 from weft.pack.image import ImageError, build_image
@@ -82,14 +83,6 @@ def _found(store: StorePaths) -> StoredImage:
     return image
 
 
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([byte[0] ^ 1]))
-
-
 # --- install ------------------------------------------------------------------------------
 
 def test_install_puts_the_verified_image_under_its_id(make_image, store, trusted, keypair):
@@ -124,9 +117,9 @@ def test_a_damaged_image_is_refused_and_the_installed_one_stays(make_image, stor
     bad = make_image("2.0.0")
     footer = read_footer(bad).footer
     if damage == "data":
-        _flip(bad, 100)  # inside the first (EROFS) data block
+        flip_byte(bad, 100)  # inside the first (EROFS) data block
     elif damage == "hash":
-        _flip(bad, footer.verity.hash_offset + 4096 + 5)  # past the verity superblock
+        flip_byte(bad, footer.verity.hash_offset + 4096 + 5)  # past the verity superblock
     elif damage == "truncate":
         os.truncate(bad, bad.stat().st_size - 4096)
     elif damage == "append":
@@ -155,7 +148,7 @@ def test_the_copy_is_verified_not_the_source(make_image, store, trusted, monkeyp
 
     def copy_then_tamper(source: Path, root: Path) -> Path:
         temp = real_copy(source, root)
-        _flip(temp, 100)  # what lands in the store directory is what must be checked
+        flip_byte(temp, 100)  # what lands in the store directory is what must be checked
         return temp
 
     monkeypatch.setattr(image_store, "_copy_into", copy_then_tamper)
@@ -315,7 +308,7 @@ def test_cli_tampered_image_is_refused_and_the_store_unchanged(make_image, env, 
     assert pack("install", str(make_image("1.0")), "--keys", str(trusted_dir), env=env).returncode == 0
     before = _store_files(store)
     bad = make_image("1.1")
-    _flip(bad, 100)
+    flip_byte(bad, 100)
     proc = pack("install", str(bad), "--trusted-keys", str(trusted_dir), env=env)
     assert failed_cleanly(proc, "tampered data"), proc.stderr
     assert _store_files(store) == before

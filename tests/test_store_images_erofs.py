@@ -40,32 +40,29 @@ def test_reads_through_an_open_file_bounded_by_the_data_size(image: Path) -> Non
         assert read_erofs_file(fh, "root-0199-" + "y" * 40, image_size=size) == b""
 
 
-def test_a_file_larger_than_the_limit_is_refused_before_it_is_read(image: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    size = read_footer(image).footer.data_size
-    reads: list[int] = []
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every read the EROFS reader makes from the image."""
+    lengths: list[int] = []
     original = erofs.ErofsImage._read
 
     def counting(self: erofs.ErofsImage, offset: int, length: int) -> bytes:
-        reads.append(length)
+        lengths.append(length)
         return original(self, offset, length)
 
     monkeypatch.setattr(erofs.ErofsImage, "_read", counting)
+    return lengths
+
+
+def test_a_file_larger_than_the_limit_is_refused_before_it_is_read(image: Path, reads: list[int]) -> None:
+    size = read_footer(image).footer.data_size
     with pytest.raises(ErofsError, match=f"larger than the {MAX_MANIFEST_BYTES} bytes allowed"):
         read_erofs_file(image, "big.bin", image_size=size, max_bytes=MAX_MANIFEST_BYTES)
     assert max(reads) <= 4096  # superblock, inodes and one directory block at a time; never the file
 
 
-def test_a_directory_is_read_one_block_at_a_time(image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_directory_is_read_one_block_at_a_time(image: Path, reads: list[int]) -> None:
     size = read_footer(image).footer.data_size
-    reads: list[int] = []
-    original = erofs.ErofsImage._read
-
-    def counting(self: erofs.ErofsImage, offset: int, length: int) -> bytes:
-        reads.append(length)
-        return original(self, offset, length)
-
-    monkeypatch.setattr(erofs.ErofsImage, "_read", counting)
     assert read_erofs_file(image, "wapp.toml", image_size=size, max_bytes=MAX_MANIFEST_BYTES)
     assert max(reads) <= 4096
 

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tamper_support import flip_bit
 
 from weft.verity import (
     VerityError,
@@ -40,14 +41,6 @@ def _verify(data, hash_path, root):
     verify_hash(data, hash_path, root, SMALL, data_blocks=DATA_BLOCKS, workers=1)
 
 
-def _flip(path, bit):
-    with open(path, "r+b") as fh:
-        fh.seek(bit // 8)
-        byte = fh.read(1)[0]
-        fh.seek(bit // 8)
-        fh.write(bytes([byte ^ (1 << (bit % 8))]))
-
-
 def test_untouched_tree_verifies(small_tree):
     _verify(*small_tree)
 
@@ -59,25 +52,25 @@ def test_every_flipped_bit_is_rejected(small_tree, which):
     size = target.stat().st_size
     for byte in range(size):
         bit = byte * 8 + byte % 8  # one bit in every byte, each bit position equally often
-        _flip(target, bit)
+        flip_bit(target, bit)
         with pytest.raises(VerityMismatch):
             _verify(data, hash_path, root)
-        _flip(target, bit)
+        flip_bit(target, bit)
 
 
 def test_mismatch_names_the_part_that_changed(small_tree):
     data, hash_path, root = small_tree
-    _flip(data, 512 * 8 * 13 + 5)
+    flip_bit(data, 512 * 8 * 13 + 5)
     with pytest.raises(VerityMismatch, match="data block 13 ") as info:
         _verify(data, hash_path, root)
     assert info.value.area == "data"
-    _flip(data, 512 * 8 * 13 + 5)
+    flip_bit(data, 512 * 8 * 13 + 5)
     level0 = compute_layout(SMALL, DATA_BLOCKS).level_offset(0)
-    _flip(hash_path, level0 * 8 + 3)
+    flip_bit(hash_path, level0 * 8 + 3)
     with pytest.raises(VerityMismatch) as info:
         _verify(data, hash_path, root)
     assert info.value.area == "hash"
-    _flip(hash_path, level0 * 8 + 3)
+    flip_bit(hash_path, level0 * 8 + 3)
     with pytest.raises(VerityMismatch) as info:
         _verify(data, hash_path, bytes(32))
     assert info.value.area == "root"
@@ -108,7 +101,7 @@ def test_forked_workers_and_a_single_process_agree(tmp_path, monkeypatch):
     assert one.root_hash == four.root_hash
     assert (tmp_path / "one").read_bytes() == (tmp_path / "four").read_bytes()
     verify_hash(data, tmp_path / "four", four.root_hash, params, data_blocks=700, workers=4)
-    _flip(data, 4096 * 8 * 650 + 1)  # in the last worker's range: the child reports it
+    flip_bit(data, 4096 * 8 * 650 + 1)  # in the last worker's range: the child reports it
     with pytest.raises(VerityMismatch, match="data block 650 ") as info:
         verify_hash(data, tmp_path / "four", four.root_hash, params, data_blocks=700, workers=4)
     assert info.value.area == "data"

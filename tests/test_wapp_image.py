@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tamper_support import flip_byte
 
 from weft.pack.footer import (
     TRAILER,
@@ -52,13 +53,6 @@ def _patch(path, offset, data: bytes):
     with open(path, "r+b") as fh:
         fh.seek(offset)
         fh.write(data)
-
-
-def _flip(path, offset):
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-    _patch(path, offset, bytes([byte[0] ^ 0x01]))
 
 
 def test_image_verifies_and_has_the_documented_layout(image, trusted):
@@ -117,7 +111,7 @@ def test_wrong_key(image, other_keypair):
 
 def test_bad_signature(image, trusted):
     signed = read_footer(image)
-    _flip(image, signed.file_size - TRAILER.size - 10)  # inside the signature
+    flip_byte(image, signed.file_size - TRAILER.size - 10)  # inside the signature
     with pytest.raises(FooterSignatureError, match="bad signature"):
         verify_image(image, trusted)
 
@@ -146,21 +140,21 @@ def test_truncated_in_the_middle(image, trusted):
 
 
 def test_tampered_data(image, trusted):
-    _flip(image, 4096 * 3 + 17)
+    flip_byte(image, 4096 * 3 + 17)
     with pytest.raises(ImageError, match="tampered data: data block 3 "):
         verify_image(image, trusted)
 
 
 def test_tampered_hash_tree(image, trusted):
     footer = read_footer(image).footer
-    _flip(image, footer.verity.hash_offset + 4096 + 5)  # first tree block, after the superblock
+    flip_byte(image, footer.verity.hash_offset + 4096 + 5)  # first tree block, after the superblock
     with pytest.raises(ImageError, match="tampered hash tree"):
         verify_image(image, trusted)
 
 
 def test_tampered_superblock(image, trusted):
     footer = read_footer(image).footer
-    _flip(image, footer.verity.hash_offset + 100)
+    flip_byte(image, footer.verity.hash_offset + 100)
     with pytest.raises(ImageError, match="tampered hash tree"):
         verify_image(image, trusted)
 
