@@ -12,12 +12,12 @@ import asyncio
 import logging
 import os
 import socket
-import struct
 from pathlib import Path
 
 from weft.daemons.appd.accept import LISTEN_BACKLOG, RateLimitedWarning, accept_forever
 from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.appd.runtime_dir import RuntimeDir
+from weft.daemons.peercred import peer_credentials
 from weft.daemons.protocol import (
     Error,
     ErrorCode,
@@ -32,7 +32,6 @@ from weft.daemons.protocol import (
 from weft.errors import WeftError
 
 log = logging.getLogger("weft.appd")
-PEERCRED = struct.Struct("3i")  # pid, uid, gid
 MAX_UNIX_CLIENTS = 128  # same-uid clients; a bound keeps a runaway script from using up descriptors
 SEND_TIMEOUT_S = 10.0
 
@@ -79,7 +78,7 @@ class UnixServer:
         self.directory.remove(self.name)
 
     async def _attach(self, conn: socket.socket) -> None:
-        _pid, uid, _gid = PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        uid = peer_credentials(conn).uid
         if uid != os.geteuid():
             self.refusals.warn("refusing a Unix client with uid %d", uid)
             conn.close()

@@ -14,11 +14,11 @@ import itertools
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from weft.daemons.mountd.registry import Registry, Reply, Request
+from weft.daemons.peercred import peer_credentials
 from weft.daemons.protocol import (
     FrameTooLarge,
     MountError,
@@ -32,7 +32,6 @@ from weft.daemons.protocol import (
 from weft.errors import WeftError
 
 log = logging.getLogger("weft.mountd")
-PEERCRED = struct.Struct("3i")  # pid, uid, gid
 SD_LISTEN_FDS_START = 3
 SWEEP_INTERVAL_S = 10.0
 
@@ -123,7 +122,7 @@ class MountdServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
-        pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        pid, uid, _gid = peer_credentials(sock)
         if uid != self.appd_uid:
             log.warning("refusing a client with uid %d (pid %d): only uid %d is served", uid, pid, self.appd_uid)
             writer.close()
