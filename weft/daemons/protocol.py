@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import os
 import socket
 import struct
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import msgpack
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -371,30 +372,39 @@ def _recv_exactly(sock: socket.socket, size: int, closed: str) -> bytes:
     return bytes(chunks)
 
 
-class Client:
-    """A blocking Unix-socket client: one request, one reply (used by weft-appctl and tests)."""
+class UnixClient:
+    """A blocking connection to a daemon's Unix socket (`peer` names the daemon in errors)."""
 
-    def __init__(self, path: str, timeout: float = 70.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer = "weft-appd"
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            self.sock.connect(os.fspath(path))
         except OSError as exc:
             self.sock.close()
-            raise WeftError(f"cannot connect to weft-appd at {path}: {exc.strerror or exc}") from None
-
-    def request(self, message: Message) -> Message:
-        self.sock.sendall(encode_frame(message))
-        return parse_reply(decode_body(recv_frame(self.sock, "weft-appd closed the connection")))
+            raise WeftError(f"cannot connect to {self.peer} at {os.fspath(path)}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Client(UnixClient):
+    """weft-appd's Unix socket: one request, one reply (used by weft-appctl and tests)."""
+
+    def __init__(self, path: str, timeout: float = 70.0) -> None:
+        super().__init__(path, timeout)
+
+    def request(self, message: Message) -> Message:
+        self.sock.sendall(encode_frame(message))
+        return parse_reply(decode_body(recv_frame(self.sock, "weft-appd closed the connection")))
 
 
 # ==== weft-mountd ============================================================================

@@ -6,9 +6,8 @@ MountdError with its stable `reason`.
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TypeVar
 
 from weft import settings
 from weft.daemons.mountd.errors import MountdError
@@ -25,28 +24,24 @@ from weft.daemons.protocol import (
     MountReason,
     Mounts,
     ProtocolError,
+    UnixClient,
     UnmountApp,
     decode_body,
     encode_frame,
     parse_mountd_reply,
     recv_frame,
 )
-from weft.errors import WeftError
 
 R = TypeVar("R", bound=Message)
 CLOSED = "the connection was closed without an answer (weft-mountd serves only the appd user)"
 
 
-class MountdClient:
+class MountdClient(UnixClient):
+    peer = "weft-mountd"
+
     def __init__(self, path: Path = settings.MOUNTD_SOCKET.default, timeout: float = 30.0) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(path))
-        except OSError as exc:
-            self.sock.close()
-            raise WeftError(f"cannot connect to weft-mountd at {path}: {exc.strerror or exc}") from None
+        super().__init__(path, timeout)
 
     def mount(self, app_id: str) -> AppMounted:
         """Mount (or reuse the mount of) the app's verified image; takes one reference."""
@@ -76,12 +71,3 @@ class MountdClient:
         if not isinstance(reply, expected):
             raise MountdError(MountReason.MOUNT_FAILED, f"weft-mountd answered {reply.type} to {request.type}")
         return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
