@@ -56,11 +56,12 @@ def bomb(tmp_path: Path, kind: bytes, size: int = 4 << 30) -> Path:
     return path
 
 
-def run_limited(*argv: str | os.PathLike[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_limited(*argv: str | os.PathLike[str], env: dict[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess[str]:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
-    return subprocess.run([*PACK, *map(str, argv)], check=False, capture_output=True, text=True, timeout=300,
+    return subprocess.run([*PACK, *map(str, argv)], check=False, capture_output=True, text=True, timeout=timeout,
                           preexec_fn=limit, env={**os.environ, **(env or {})})
 
 
@@ -70,7 +71,7 @@ def one_error_line(proc: subprocess.CompletedProcess[str], message: str) -> bool
 
 
 @pytest.mark.parametrize("kind,what", [(tarfile.XHDTYPE, "PAX header"), (tarfile.GNUTYPE_LONGNAME, "GNU long name"),
-                                       (tarfile.GNUTYPE_LONGLINK, "GNU long name")])
+                                       (tarfile.GNUTYPE_LONGLINK, "GNU long link name")])
 @pytest.mark.parametrize("command", ["unbundle", "install"])
 def test_huge_extended_header_is_refused_in_bounded_memory(tmp_path, kind, what, command):
     archive = bomb(tmp_path, kind)
@@ -122,6 +123,48 @@ def _pax_archive(tmp_path: Path, pax_headers: dict[str, str], *, global_header: 
 def test_records_that_move_the_next_header_are_refused(tmp_path, pax, global_header, message):
     with pytest.raises(BundleError, match=message):
         unbundle(_pax_archive(tmp_path, pax, global_header=global_header), tmp_path / "out")
+
+
+def _pax_stream(*records: bytes, name: str = "com.example.notes/a") -> bytes:
+    """One member preceded by a PAX header holding `records` verbatim."""
+    data = b"".join(records)
+    return (header("././@PaxHeader", tarfile.XHDTYPE, len(data)) + data.ljust(-(-len(data) // 512) * 512, b"\0")
+            + header(name, tarfile.REGTYPE, 0))
+
+
+def test_digit_runs_that_tarfile_searches_in_quadratic_time_are_refused(tmp_path):
+    """tarfile (< 3.11.10, CVE-2024-6232) searches each PAX header for `\\d+ hdrcharset=` from every
+    position: 64 KiB of digits cost 6 s, so a 16 KB bundle of 1 000 such headers ran for hours
+    in unbundle and install. Both the raw digits and well-formed records holding them are refused at once."""
+    digits = b"1" * 65_000
+    raw = b"".join(_pax_stream(digits, name=f"com.example.notes/{i}") for i in range(1000)) + b"\0" * 1024
+    value = b"comment=" + b"1" * 64_990
+    length = len(value) + 2 + 5  # a space, a newline and the 5 digits of the length itself
+    record = f"{length} ".encode() + value + b"\n"
+    assert len(record) == length
+    records = b"".join(_pax_stream(record, name=f"com.example.notes/{i}") for i in range(1000)) + b"\0" * 1024
+    for stream, message in ((raw, "corrupt PAX header"), (records, "too many long runs of digits")):
+        archive = tmp_path / "digits.app.tar.zst"
+        archive.write_bytes(zstandard.ZstdCompressor(level=19).compress(stream))
+        assert archive.stat().st_size < 100_000
+        proc = run_limited("unbundle", archive, "--out", tmp_path / "out", timeout=60)
+        assert one_error_line(proc, message), proc.stderr
+
+
+@pytest.mark.parametrize("records", [
+    pytest.param(b"11 path=abc", id="no-newline"),
+    pytest.param(b"9 path=abc\n", id="short-length"),
+    pytest.param(b"13 path=abc\n", id="long-length"),
+    pytest.param(b"8 pathx\n", id="no-equals"),
+    pytest.param(b"6 =ab\n", id="no-keyword"),
+    pytest.param(b"10 abcdef\n12 size=10\n", id="keyword-across-records"),
+    pytest.param(b"000000000000000000012 path=abc\n", id="length-over-20-digits"),
+])
+def test_malformed_pax_records_are_refused(tmp_path, records):
+    archive = tmp_path / "bad.app.tar.zst"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(_pax_stream(records) + b"\0" * 1024))
+    with pytest.raises(BundleError, match="corrupt PAX header"):
+        unbundle(archive, tmp_path / "out")
 
 
 def test_sparse_members_are_refused(tmp_path):

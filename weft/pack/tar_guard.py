@@ -11,6 +11,8 @@ gets the bytes:
 - more than MAX_CHAINED_EXTENDED extended headers in a row (tarfile recurses through them);
 - PAX global headers, GNU sparse members and the PAX `size` and `GNU.sparse.*` records: they
   move the next header to where this reader would not look (bundles never need them);
+- PAX data that is not a sequence of well-formed records, and more digits in runs than
+  tarfile can search in reasonable time (MAX_PAX_DIGIT_WORK, below);
 - a corrupt header, more members or more file data than the caller allows.
 """
 from __future__ import annotations
@@ -29,7 +31,14 @@ MAX_EXTENDED_HEADERS_BYTES = 64 << 20
 MAX_CHAINED_EXTENDED = 3  # x, L and K before one member
 _PAX_TYPES = (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE)
 _EXTENDED_TYPES = (*_PAX_TYPES, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
-_PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # as tarfile parses PAX records
+# tarfile before 3.11.10/3.12.6 (CVE-2024-6232) searches every PAX header for rb"\d+ hdrcharset="
+# from each position, which costs the square of each run of digits: one 64 KiB header of digits
+# took 6 s here, so 64 MiB of them would take hours. The squares are budgeted per archive
+# (about 0.4 s of that search); a legitimate name has short runs (100 000 names with 40-digit
+# runs fit).
+MAX_PAX_DIGIT_WORK = 1 << 28
+_PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
+_DIGIT_RUN = re.compile(rb"[0-9]+")
 
 
 class UnsafeTarError(WeftError):
@@ -56,6 +65,8 @@ class GuardedTarStream(io.RawIOBase):
         self._skip = 0  # member data (and padding) before the next header
         self._pax = bytearray()  # a PAX header's data being gathered
         self._pax_left = 0
+        self._pax_size = 0  # its declared size (what follows is padding)
+        self._pax_digit_work = 0
         self._ended = False  # tarfile stops at the first zero block; so does this reader
         self._members = 0
         self._file_bytes = 0
@@ -82,7 +93,7 @@ class GuardedTarStream(io.RawIOBase):
                 self._pax_left -= take
                 pos += take
                 if not self._pax_left:
-                    self._check_pax_records(bytes(self._pax))
+                    self._check_pax_records(bytes(self._pax), self._pax_size)
                     self._pax.clear()
             elif self._skip:
                 take = min(self._skip, len(data) - pos)
@@ -124,7 +135,8 @@ class GuardedTarStream(io.RawIOBase):
             self._skip = _padded(info.size)
 
     def _on_extended(self, info: tarfile.TarInfo, at: int) -> None:
-        what = "PAX header" if info.type in _PAX_TYPES else "GNU long name"
+        what = ("PAX header" if info.type in _PAX_TYPES
+                else "GNU long name" if info.type == tarfile.GNUTYPE_LONGNAME else "GNU long link name")
         self._chained += 1
         if self._chained > MAX_CHAINED_EXTENDED:
             raise UnsafeTarError(f"more than {MAX_CHAINED_EXTENDED} extended headers in a row at byte {at}")
@@ -136,18 +148,28 @@ class GuardedTarStream(io.RawIOBase):
             raise UnsafeTarError(f"more than {MAX_EXTENDED_HEADERS_BYTES} bytes of extended headers")
         if info.type in _PAX_TYPES:
             self._pax_left = _padded(info.size)  # tarfile parses the padding too
+            self._pax_size = info.size
         else:
             self._skip = _padded(info.size)
 
-    @staticmethod
-    def _check_pax_records(data: bytes) -> None:
-        """Refuse the records that would move the next header (tarfile's own record walk)."""
+    def _check_pax_records(self, data: bytes, size: int) -> None:
+        """Refuse PAX data that is not well-formed records ("<length> <keyword>=<value>\\n" filling
+        `size` bytes, zeros after), the records that would move the next header, and digit runs
+        over the archive's budget."""
         pos = 0
-        while match := _PAX_RECORD.match(data, pos):
-            length, keyword = int(match.group(1)), match.group(2)
-            if length == 0:
+        while pos < size:
+            match = _PAX_LENGTH.match(data, pos)
+            length = int(match.group(1)) if match else 0
+            end = pos + length
+            keyword, equals, _ = data[match.end():end - 1].partition(b"=") if match else (b"", b"", b"")
+            if not match or end > size or data[end - 1:end] != b"\n" or not equals or not keyword:
                 raise UnsafeTarError("corrupt PAX header")
             if keyword == b"size" or keyword.startswith(b"GNU.sparse."):
                 name = terminal_safe(keyword.decode("utf-8", "replace"))
                 raise UnsafeTarError(f"PAX record '{name}' is not allowed in a bundle")
-            pos += length
+            pos = end
+        if data[size:].count(0) != len(data) - size:
+            raise UnsafeTarError("corrupt PAX header")
+        self._pax_digit_work += sum(len(run) ** 2 for run in _DIGIT_RUN.findall(data))
+        if self._pax_digit_work > MAX_PAX_DIGIT_WORK:
+            raise UnsafeTarError("PAX headers hold too many long runs of digits")
