@@ -17,7 +17,7 @@ from platform_support import Env, with_capabilities
 
 from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
 from weft.daemons.runtime.fetch import MAX_BODY_BYTES
-from weft.daemons.runtime.session import ExitCode
+from weft.daemons.runtime.session import ExitCode, failure_reason
 
 
 @pytest.fixture
@@ -158,6 +158,18 @@ def test_a_trapping_guest_exits_with_failure(env, probe, runtime_factory):
     runtime.send("trap")
     assert runtime.next() is None
     assert runtime.process.wait(10) == ExitCode.FAILED
+    # The reason, not wasmtime's generic first line ('error while executing at wasm backtrace:').
+    failed = [line for line in runtime.log().splitlines() if "session" in line and "failed:" in line]
+    assert len(failed) == 1 and "unreachable" in failed[0], runtime.log()
+
+
+def test_the_failure_reason_is_the_cause_escaped_without_the_backtrace():
+    trap = Exception("error while executing at wasm backtrace:\n    0:  0x98 - \x1b]52;c;aGk=\x07!<wasm function 2>\n\n"
+                     "Caused by:\n    wasm trap: wasm `unreachable` instruction executed")
+    assert failure_reason(trap) == "wasm trap: wasm `unreachable` instruction executed"
+    assert failure_reason(Exception("resource limit exceeded: memory count too high at 4\n")) == \
+        "resource limit exceeded: memory count too high at 4"
+    assert failure_reason(Exception("x\n\nCaused by:\n    0: bad \x1b[2J\n    1: worse")) == "0: bad \\x1b[2J; 1: worse"
 
 
 def test_a_package_root_without_the_app_fails_with_a_clear_message(env, runtime_factory):

@@ -25,9 +25,21 @@ from weft.errors import WeftError
 from weft.manifest import load_manifest, resolve_inside
 from weft.settings import MemoryMib
 from weft.store import Publisher, StorePaths
+from weft.terminal import terminal_safe
 
 log = logging.getLogger("weft.runtime")
 STOP_GRACE_S = 0.5
+
+
+def failure_reason(exc: Exception) -> str:
+    """What wasmtime says went wrong, in one escaped line.
+
+    A trap's message starts with a generic 'error while executing at wasm backtrace:' and the
+    backtrace (function names from the guest's own name section); the reason comes after
+    'Caused by:'."""
+    head, _, causes = str(exc).strip().partition("\nCaused by:")
+    lines = [line.strip() for line in causes.splitlines() if line.strip()] or head.splitlines()[:1]
+    return terminal_safe("; ".join(lines))
 
 
 class ExitCode(enum.IntEnum):
@@ -121,8 +133,9 @@ class AppSession:
             if self.stop_requested.is_set():
                 log.info("session %d interrupted on request", self.settings.session_id)
                 return ExitCode.STOPPED
-            log.error("session %d failed: %s", self.settings.session_id, str(exc).strip().splitlines()[0])
-            log.debug("session %d trap details: %s", self.settings.session_id, exc)
+            log.error("session %d failed: %s", self.settings.session_id, failure_reason(exc))
+            log.debug("session %d trap details:\n%s", self.settings.session_id,
+                      "\n".join(terminal_safe(line) for line in str(exc).splitlines()))
             return ExitCode.FAILED
         except Exception:  # a host import raised: our bug, but the session must still end cleanly
             log.exception("session %d: host import failed", self.settings.session_id)
