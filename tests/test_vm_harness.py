@@ -185,7 +185,7 @@ def test_console_times_out_when_the_guest_does_not_answer(short_dir: Path) -> No
     console = TestConsole(guest.path)
     console.connect(timeout=5)
     started = time.monotonic()
-    with pytest.raises(ConsoleTimeout, match="within 0.5 s: sleep 1"):
+    with pytest.raises(ConsoleTimeout, match=r"within 0\.5 s: sleep 1"):
         console.execute("sleep 1", timeout=0.5)
     assert time.monotonic() - started < 3
     console.close()
@@ -211,8 +211,8 @@ def test_console_connect_gives_up_after_its_timeout(short_dir: Path) -> None:
 
 
 def _config(tmp: Path, **changes: object) -> VmConfig:
-    fields: dict[str, object] = dict(disk=tmp / "disk.qcow2", efi_vars=tmp / "vars.fd", accel="tcg",
-                                     qmp_socket=tmp / "qmp.sock", serial=tmp / "serial.log")
+    fields: dict[str, object] = {"disk": tmp / "disk.qcow2", "efi_vars": tmp / "vars.fd", "accel": "tcg",
+                                 "qmp_socket": tmp / "qmp.sock", "serial": tmp / "serial.log"}
     fields.update(changes)
     return VmConfig.model_validate(fields)
 

@@ -11,6 +11,7 @@ logs what the guest was doing.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shlex
@@ -179,10 +180,9 @@ class Machine:
             self._console.close()
             self._console = None
         if self._qmp is not None:
-            try:
+            # QEMU may already be gone; nothing left to close.
+            with contextlib.suppress(Exception):
                 self._qmp.close()
-            except Exception:  # QEMU may already be gone; nothing left to close
-                pass
             self._qmp = None
 
     def reboot(self, timeout: float) -> None:

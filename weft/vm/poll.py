@@ -45,6 +45,6 @@ def _diagnostics(diagnose: Callable[[], str] | None) -> str:
         return ""
     try:
         text = diagnose().rstrip()
-    except Exception as exc:  # the guest may be what is broken; say so rather than hide the timeout
+    except Exception as exc:  # noqa: BLE001 - the guest may be what is broken; say so rather than hide the timeout
         text = f"(no diagnostics: {exc})"
     return f"\n{text}" if text else ""
