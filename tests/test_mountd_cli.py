@@ -27,3 +27,11 @@ def test_the_flag_wins_over_the_setting(tmp_path: Path) -> None:
     _, config = parse_command_line([*ROOT_ONLY, "--trusted-keys", str(tmp_path / "flag")],
                                    env={"WEFT_TRUSTED_KEYS": str(tmp_path / "setting")})
     assert config.trusted_keys == tmp_path / "flag"
+
+
+def test_the_store_mount_and_record_paths_come_from_the_shared_settings(tmp_path: Path) -> None:
+    env = {"WEFT_SYSTEM_IMAGE_STORE": str(tmp_path / "system"), "WEFT_IMAGE_STORE": str(tmp_path / "images"),
+           "WEFT_APPS_MOUNT_ROOT": str(tmp_path / "mnt"), "WEFT_ROLLBACK_RECORD": str(tmp_path / "versions.json")}
+    _, config = parse_command_line(ROOT_ONLY, env=env)
+    assert (config.system_images, config.images, config.mount_root, config.rollback_record) == (
+        tmp_path / "system", tmp_path / "images", tmp_path / "mnt", tmp_path / "versions.json")

@@ -61,24 +61,29 @@ async def serve(kernel: Kernel, config: MountdConfig, socket_path: Path | None) 
 
 def parse_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None,
                        ) -> tuple[argparse.Namespace, MountdConfig]:
-    """The arguments and the configuration they give; `env` (default: this process's) supplies
-    WEFT_TRUSTED_KEYS, the keys every other WEFT program trusts, unless --trusted-keys overrides it."""
+    """The arguments and the configuration they give; `env` (default: this process's) supplies the
+    settings every other WEFT program reads too (WEFT_TRUSTED_KEYS, WEFT_SYSTEM_IMAGE_STORE,
+    WEFT_IMAGE_STORE, WEFT_APPS_MOUNT_ROOT, WEFT_ROLLBACK_RECORD); an option overrides its setting."""
     doc = __doc__ or ""
     trusted_keys = settings.TRUSTED_KEYS.read(env)
+    system_images = settings.SYSTEM_IMAGE_STORE.read(env)
+    images = settings.IMAGE_STORE.read(env) or DEFAULTS.images
+    mount_root = settings.APPS_MOUNT_ROOT.read(env)
+    rollback_record = settings.ROLLBACK_RECORD.read(env)
     parser = ArgumentParser(prog="weft-mountd", description=doc.split("\n\n")[0], epilog=doc.split("\n\n")[1])
     parser.add_argument("--socket", type=Path, help="listen here instead of on the socket systemd passes")
     parser.add_argument("--appd-user", default=APPD_USER,
                         help=f"the only user (name or uid) whose requests are served (default: {APPD_USER})")
-    parser.add_argument("--system-images", type=Path, default=DEFAULTS.system_images,
+    parser.add_argument("--system-images", type=Path, default=system_images,
                         help=f"images shipped with the OS, checked first (default: {DEFAULTS.system_images})")
-    parser.add_argument("--images", type=Path, default=DEFAULTS.images,
+    parser.add_argument("--images", type=Path, default=images,
                         help=f"installed images (default: {DEFAULTS.images})")
     parser.add_argument("--trusted-keys", type=Path, default=trusted_keys,
                         help=f"directory of trusted publisher keys *.pub (default: ${settings.TRUSTED_KEYS.env}, "
                              f"else {settings.TRUSTED_KEYS.default})")
-    parser.add_argument("--mount-root", type=Path, default=DEFAULTS.mount_root,
+    parser.add_argument("--mount-root", type=Path, default=mount_root,
                         help=f"where images are mounted, <root>/<app_id> (default: {DEFAULTS.mount_root})")
-    parser.add_argument("--rollback-record", type=Path, default=DEFAULTS.rollback_record,
+    parser.add_argument("--rollback-record", type=Path, default=rollback_record,
                         help=f"highest version activated per app (default: {DEFAULTS.rollback_record})")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
