@@ -138,7 +138,12 @@ class Portal:
 
     def read(self, path: str) -> PortalReadReply:
         root, inner = self.locate(path)
-        fd = openat2(root.fd, inner, os.O_RDONLY | OPEN_FLAGS)  # symlinks are followed only while they stay beneath
+        try:
+            fd = openat2(root.fd, inner, os.O_RDONLY | OPEN_FLAGS)  # symlinks are followed only while they stay beneath
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket (or a device without a driver) cannot be opened
+                raise Denied(f"not a regular file: {path}") from None
+            raise
         self._require_regular(fd, path)
         with os.fdopen(fd, "rb") as fh:
             data = fh.read(PORTAL_MAX_FILE_BYTES + 1)
