@@ -82,6 +82,8 @@ def test_malformed_msgpack_is_a_protocol_error():
         protocol.decode_body(b"\xc1")
     with pytest.raises(protocol.ProtocolError, match="malformed msgpack"):
         protocol.decode_body(b"\x92\x01")  # truncated array
+    with pytest.raises(protocol.ProtocolError, match=r"^malformed msgpack: nested too deeply$"):
+        protocol.decode_body(b"\x91" * 100_000 + b"\xc0")  # msgpack's StackError says nothing
 
 
 def _read(data: bytes) -> bytes | None:

@@ -328,7 +328,9 @@ def encode_frame(message: Message | dict[str, Any] | list[Any]) -> bytes:
 def decode_body(body: bytes) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except msgpack.StackError:  # its message is empty
+        raise ProtocolError("malformed msgpack: nested too deeply") from None
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
         raise ProtocolError(f"malformed msgpack: {exc}") from None
     except TypeError:  # a map key that is an array or a map: no Python dict can hold it
         raise ProtocolError("malformed msgpack: a map key is an array or a map") from None
