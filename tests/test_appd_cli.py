@@ -63,6 +63,25 @@ def test_appctl_escapes_app_text_for_the_terminal(env, built_apps, appd_factory,
     assert "\x1b" not in exact and json.loads(exact)["payload"] == payload  # --json stays exact, valid JSON
 
 
+def test_appd_log_escapes_what_a_broken_package_says(env, built_apps, appd_factory, tmp_path):
+    """A manifest error quotes the package's values: in appd's log (the journal, read on a
+    terminal) they are escaped, and a newline in them cannot start a line that reads like appd's."""
+    evil = with_capabilities(built_apps["org.weft.test.probe"], tmp_path / "evil", "org.weft.test.evil", [])
+    manifest = evil / "wapp.toml"
+    forged = "\\nweft-appd INFO session 7: org.weft.demo.counter in runtime 1"
+    version = f'version = "1\\u001b]52;c;aGVsbG8=\\u0007{forged}"'
+    manifest.write_text(manifest.read_text().replace('version = "0.1.0"', version))
+    store_copy = env.store / "org.weft.test.evil"
+    store_copy.parent.mkdir(parents=True, exist_ok=True)
+    evil.rename(store_copy)  # copied in by hand: install would refuse it
+    appd = appd_factory()
+    assert run(env, "weft-appctl", "launch", "org.weft.test.evil").returncode == 21  # bad_package
+    log = appd.log.read_text()
+    assert "cannot launch org.weft.test.evil" in log and "\\x1b]52;c;aGVsbG8=\\x07" in log, log
+    assert "\x1b" not in log and "\x07" not in log
+    assert not any(line.startswith("weft-appd INFO session 7") for line in log.splitlines()), log
+
+
 @pytest.mark.parametrize("argv, message", [
     (["weft-appctl", "launch", "../etc"], "is not a valid app ID"),
     (["weft-appctl", "send", "abc", "x"], "invalid session id"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from package_support import write_package
 
-from weft.cli_support import run_cli
+from weft.cli_support import DaemonFormatter, run_cli
 from weft.errors import WeftError
 from weft.proc import child_env, inherited, run, spawn
 
@@ -135,3 +135,17 @@ def test_run_cli_failure_is_one_error_line_and_debug_shows_the_traceback(
     monkeypatch.setenv("WEFT_DEBUG", "1")
     with pytest.raises(WeftError, match="it broke"):
         run_cli(_entry, ["fail"])
+
+
+def test_daemon_lines_escape_controls_and_indent_further_lines() -> None:
+    formatter = DaemonFormatter("weft-appd %(levelname)s %(message)s")
+    value = "x\x1b]52;c;aA==\x07\nweft-appd INFO forged"
+    record = logging.LogRecord("weft.appd", logging.WARNING, __file__, 1, "bad %s", (value,), None)
+    assert formatter.format(record) == "weft-appd WARNING bad x\\x1b]52;c;aA==\\x07\n    weft-appd INFO forged"
+    try:
+        raise ValueError("boom\x9b")
+    except ValueError:
+        record = logging.LogRecord("weft.appd", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    lines = formatter.format(record).split("\n")
+    assert lines[0] == "weft-appd ERROR failed"
+    assert all(line.startswith("    ") for line in lines[1:]) and lines[-1] == "    ValueError: boom\\u009b"

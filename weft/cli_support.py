@@ -53,6 +53,26 @@ class PlainFormatter(logging.Formatter):
         return message
 
 
+class DaemonFormatter(logging.Formatter):
+    """A daemon's log line, `<name> LEVEL message`, safe to read on a terminal.
+
+    Messages quote what apps, packages and clients sent (manifest values, error texts, file
+    names). Every control character is escaped, and the message's further lines (a list of
+    manifest errors, a traceback) are indented, so such text can neither send the terminal an
+    escape sequence nor start a log line of its own that reads like appd's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        first, *rest = super().format(record).split("\n")
+        return "\n".join([terminal_safe(first), *(f"    {terminal_safe(line)}" for line in rest)])
+
+
+def daemon_logging(name: str, debug: bool) -> None:
+    """Replace the command's logging with the daemon's own lines on stderr (the journal)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DaemonFormatter(f"{name} %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
+
+
 @contextmanager
 def cli_logging(debug: bool) -> Iterator[None]:
     """Log to stderr for the duration of one command (a daemon may replace this with its own

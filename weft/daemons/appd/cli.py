@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.cli_support import ArgumentParser, add_debug_flag, daemon_logging, run_cli
 from weft.daemons.appd.app_source import app_source
 from weft.daemons.appd.cgroups import AppCgroups
 from weft.daemons.appd.config import AppdConfig
@@ -112,8 +112,7 @@ def main_entry(argv: Sequence[str]) -> int:
     parser = ArgumentParser(prog="weft-appd", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[1])
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format="weft-appd %(levelname)s %(message)s", force=True)
+    daemon_logging("weft-appd", args.debug)
     # websockets logs every connection at INFO: under a connection flood that is a log storm
     logging.getLogger("websockets").setLevel(logging.DEBUG if args.debug else logging.WARNING)
     asyncio.run(serve(AppdConfig.from_env()))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from weft import settings
-from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.cli_support import ArgumentParser, add_debug_flag, daemon_logging, run_cli
 from weft.daemons.appd.sd_notify import sd_notify
 from weft.daemons.mountd.config import APPD_USER, MountdConfig
 from weft.daemons.mountd.kernel import Kernel, LinuxKernel
@@ -95,8 +95,7 @@ def parse_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None
 
 def main_entry(argv: Sequence[str]) -> int:
     args, config = parse_command_line(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format="weft-mountd %(levelname)s %(message)s", force=True)
+    daemon_logging("weft-mountd", args.debug)
     if os.geteuid() != 0:
         raise WeftError("weft-mountd must run as root (it is started by weft-mountd.socket)")
     asyncio.run(serve(LinuxKernel(), config, args.socket))

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weft import settings
-from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
+from weft.cli_support import ArgumentParser, add_debug_flag, daemon_logging, run_cli
 from weft.daemons.relay import Launch
 from weft.daemons.runtime.channels import Relay
 from weft.daemons.runtime.engine import ComponentCache, EngineOptions, make_engine
@@ -107,8 +107,7 @@ def _check_launch(launch: Launch) -> None:
 
 def main_entry(argv: Sequence[str]) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format=f"weft-runtime[{os.getpid()}] %(levelname)s %(message)s", force=True)
+    daemon_logging(f"weft-runtime[{os.getpid()}]", args.debug)
     stop = StopSignals()
     store_paths = StorePaths.from_env()
     options = EngineOptions()
