@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -51,6 +52,32 @@ def test_refuses_a_symlinked_directory(tmp_path: Path) -> None:
     (tmp_path / "weft").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UntrustedDirectory, match="symlink"):
         RuntimeDir.open(tmp_path / "weft")
+
+
+@pytest.mark.parametrize("mode, owner, message", [
+    (0o777, None, "mode 0777) lets other users replace it"),
+    (0o770, None, "mode 0770) lets other users replace it"),
+    (0o755, OTHER_UID, f"belongs to uid {OTHER_UID}, who could replace it"),
+])
+def test_refuses_a_parent_where_others_could_swap_the_directory(tmp_path: Path, mode: int, owner: int | None,
+                                                               message: str) -> None:
+    """In a parent others may write (without the sticky bit), another user renames appd's checked
+    directory away and puts their own in its place, with a socket and a token of their own."""
+    parent = tmp_path / "xdg"
+    parent.mkdir()
+    os.chmod(parent, mode)
+    if owner is not None:
+        os.chown(parent, owner, owner)
+    with pytest.raises(UntrustedDirectory, match=re.escape(message)):
+        RuntimeDir.open(parent / "weft")
+    assert not (parent / "weft").exists()
+
+
+def test_a_sticky_world_writable_parent_is_fine(tmp_path: Path) -> None:
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    os.chmod(parent, 0o1777)  # as /tmp: others cannot rename what is ours
+    RuntimeDir.open(parent / "weft").close()
 
 
 def test_writes_replace_planted_symlinks_instead_of_following_them(tmp_path: Path, victim: Path) -> None:

@@ -35,6 +35,22 @@ def _check_trusted(path: Path, st: os.stat_result) -> None:
                                  f"into it; make it 0700")
 
 
+def _check_parent(path: Path) -> None:
+    """Whoever may rename entries in the parent can swap the directory for their own after the
+    check, and clients find the socket and the token by path: the parent must be ours or root's,
+    and writable by others only with the sticky bit (as /tmp is)."""
+    try:
+        st = os.stat(path.parent)
+    except FileNotFoundError:
+        return  # reported by the mkdir or open that follows
+    if st.st_uid not in (0, os.geteuid()):
+        raise UntrustedDirectory(f"refusing {path}: its parent {path.parent} belongs to uid {st.st_uid}, "
+                                 f"who could replace it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        raise UntrustedDirectory(f"refusing {path}: its parent {path.parent} (mode {stat.S_IMODE(st.st_mode):04o}) "
+                                 f"lets other users replace it; make the parent 0700")
+
+
 class RuntimeDir:
     """A trusted directory, held open; names below are single path components."""
 
@@ -45,6 +61,7 @@ class RuntimeDir:
     @classmethod
     def open(cls, path: Path, create: bool = True) -> RuntimeDir:
         """Open (creating it 0700 if `create` and missing) and check `path`; raise UntrustedDirectory."""
+        _check_parent(path)
         if create:
             try:
                 path.mkdir(mode=0o700)
