@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from platform_support import Env, with_capabilities
 
+from weft.daemons.appctl import _human
+from weft.daemons.protocol import RunningApps, SessionInfo
+
 BIN = Path(sys.executable).parent
 
 
@@ -61,6 +64,15 @@ def test_appctl_escapes_app_text_for_the_terminal(env, built_apps, appd_factory,
     assert shown.stdout == "\\x1b]52;c;aGVsbG8=\\x07\\u009b31m\\u202eline\\x0anext\n", shown
     exact = run(env, "weft-appctl", "recv", str(sid), "--json").stdout
     assert "\x1b" not in exact and json.loads(exact)["payload"] == payload  # --json stays exact, valid JSON
+
+
+def test_ps_escapes_the_error_of_an_ended_session():
+    """`ps` shows why a session ended: an error text (which may quote an image path or a message
+    from weft-mountd) cannot reach the terminal raw, nor can an app id that did not validate."""
+    reply = RunningApps(sessions=[SessionInfo(session_id=1, app_id="org.weft.a\u202e")], ended_with_error=[
+        SessionInfo(session_id=2, app_id="org.weft.b", reason="failed", error="x\x9b31m\u202ey\nz\x1b]52;c;aA==\x07")])
+    assert _human(reply) == ("1\torg.weft.a\\u202e\n"
+                             "2\torg.weft.b\tstopped\tfailed: x\\u009b31m\\u202ey\\x0az\\x1b]52;c;aA==\\x07")
 
 
 def test_appd_log_escapes_what_a_broken_package_says(env, built_apps, appd_factory, tmp_path):
