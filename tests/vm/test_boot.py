@@ -51,8 +51,9 @@ def test_shipped_apps_are_signed_images_on_the_verified_root(machine: Machine) -
         machine.succeed(f"weft-pack verify-image --trusted-keys /usr/share/weft/trusted-keys "
                         f"/usr/share/weft/images/{image}")
     # A shipped id cannot be installed over (no shadowing) nor uninstalled.
-    listed = machine.succeed("weft-pack list")
-    assert "org.weft.demo.counter  0.1.0  image (system)" in listed
+    listed = json.loads(machine.succeed("weft-pack list --json"))
+    counter = next(entry for entry in listed if entry["id"] == "org.weft.demo.counter")
+    assert (counter["version"], counter["kind"], counter["store"]) == ("0.1.0", "image", "system")
     shipped = "/usr/share/weft/images/org.weft.demo.counter.wapp"
     assert "ships with the OS" in machine.fail(f"weft-pack install {shipped} 2>&1")
     assert "ships with the OS" in machine.fail("weft-pack uninstall org.weft.demo.counter 2>&1")
