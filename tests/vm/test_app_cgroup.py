@@ -3,7 +3,6 @@
 its memory.max is killed by the OOM killer in its own cgroup only."""
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from weft.image import guests
 from weft.pack.image import build_image
 from weft.pack.keys import load_signing_key
 from weft.vm.machine import Machine
+from weft.vm.transfer import push
 
 REPO = Path(__file__).resolve().parents[2]
 HOG = REPO / "tests/apps/org.weft.test.hog"
@@ -26,15 +26,6 @@ TEST_KEY = REPO / "tests/vm/keys/weft-test.key"  # the test image trusts it
 UNIT = "weft-appd.service"
 UNIT_CGROUP = "/sys/fs/cgroup/system.slice/weft-appd.service"
 AS_WEFT = "runuser -u weft -- env XDG_RUNTIME_DIR=/run/weft-appd"  # how appd's user reaches its socket
-CHUNK = 2000  # base64 characters per console command (the console line limit is 3500)
-
-
-def _push(machine: Machine, data: bytes, remote: str) -> None:
-    encoded = base64.b64encode(data).decode()
-    machine.succeed(f"rm -f {remote} {remote}.b64")
-    for start in range(0, len(encoded), CHUNK):
-        machine.succeed(f"printf %s '{encoded[start:start + CHUNK]}' >> {remote}.b64")
-    machine.succeed(f"base64 -d {remote}.b64 > {remote} && rm {remote}.b64")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def vm(shared_vm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]
     image = build_image(package, load_signing_key(key_file), work / "vm.wapp", progress=lambda _message: None)
     machine: Machine = shared_vm.get()
     machine.wait_for_unit(UNIT)
-    _push(machine, image.read_bytes(), "/tmp/vm.wapp")
+    push(machine, image.read_bytes(), "/tmp/vm.wapp")
     machine.succeed("weft-pack install /tmp/vm.wapp")
     yield machine
     machine.execute(f"weft-pack uninstall {HOG_ID}")
