@@ -19,4 +19,4 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 echo "setup: installing Python dependencies into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,guest]'
+.venv/bin/pip install -q --disable-pip-version-check -r ci/pip-source-built.txt -e '.[test,guest]'
