@@ -7,7 +7,8 @@ text frames. Requests may be msgpack maps (`{"type": ...}`) or arrays
 
 Additions to the reference catalogue (documented in docs/platform.md): `IPC_RECV` pulls the
 next app→UI message of a session, `QUERY_SESSION_TOKEN` hands out the token that binds a
-WebSocket to one session, and `TERMINATE_APP` answers with the real state (`stopping`).
+WebSocket to one session, `FOCUS_APP` asks the compositor to raise a session's window, and
+`TERMINATE_APP` answers with the real state (`stopping`).
 """
 from __future__ import annotations
 
@@ -111,6 +112,13 @@ class QuerySessionToken(Message):
     session_id: SessionId
 
 
+class FocusApp(Message):
+    """Raise and focus the session's window (the taskbar's click); control clients only."""
+
+    type: Literal["FOCUS_APP"] = "FOCUS_APP"
+    session_id: SessionId
+
+
 class PanelGesture(Message):
     type: Literal["PANEL_GESTURE"] = "PANEL_GESTURE"
     gesture_type: U32
@@ -121,13 +129,13 @@ class PanelGesture(Message):
 
 Request = Annotated[
     LaunchApp | TerminateApp | QueryRunning | QueryAppState | QueryInstalledApps | IpcForward | IpcRecv
-    | QuerySessionToken | PanelGesture,
+    | QuerySessionToken | FocusApp | PanelGesture,
     Field(discriminator="type"),
 ]
 REQUEST_TYPES: dict[str, type[Message]] = {
     cls.model_fields["type"].default: cls
     for cls in (LaunchApp, TerminateApp, QueryRunning, QueryAppState, QueryInstalledApps, IpcForward,
-                IpcRecv, QuerySessionToken, PanelGesture)
+                IpcRecv, QuerySessionToken, FocusApp, PanelGesture)
 }
 _REQUEST = TypeAdapter(Request)
 
@@ -407,6 +415,95 @@ class Client(UnixClient):
     def request(self, message: Message) -> Message:
         self.sock.sendall(encode_frame(message))
         return parse_reply(decode_body(recv_frame(self.sock, "weft-appd closed the connection")))
+
+
+# ==== weft-compositor IPC (appd ⇄ compositor) =================================================
+# Reference §4.10 framing: 4-byte LE length + a named msgpack map, `type` in snake_case, frames
+# of at most 4 MiB. appd connects; the compositor listens (docs/desktop.md, "appd ⇄ compositor").
+# Shared by appd (weft/daemons/appd/compositor_link.py) and weft-compositor: one home for both.
+
+COMPOSITOR_MAX_FRAME_BYTES = 4 << 20
+TokenText = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class AppSurfaceCreated(Message):
+    """appd → compositor, after the session's READY: start the app shell for this session and
+    accept its window. `token` is the session token; the compositor hands it to the app shell
+    on stdin (never argv or environment). Re-sent for every running session on each new
+    connection, so a restarted compositor gets its windows back."""
+
+    type: Literal["app_surface_created"] = "app_surface_created"
+    app_id: AppId
+    session_id: SessionId
+    pid: Annotated[int, Field(ge=1, lt=1 << 32)]  # the session's runtime process
+    token: TokenText
+
+
+class AppSurfaceDestroyed(Message):
+    """appd → compositor: the session ended (any path); close its window and stop its app shell."""
+
+    type: Literal["app_surface_destroyed"] = "app_surface_destroyed"
+    session_id: SessionId
+
+
+class AppFocusRequest(Message):
+    """appd → compositor (FOCUS_APP): raise and focus the session's window."""
+
+    type: Literal["app_focus_request"] = "app_focus_request"
+    session_id: SessionId
+
+
+class SurfaceReady(Message):
+    """compositor → appd: the session's window was mapped."""
+
+    type: Literal["surface_ready"] = "surface_ready"
+    session_id: SessionId
+
+
+class WindowClosed(Message):
+    """compositor → appd: the user closed the session's window, or its app shell exited; appd
+    terminates the session."""
+
+    type: Literal["window_closed"] = "window_closed"
+    session_id: SessionId
+
+
+ToCompositor = AppSurfaceCreated | AppSurfaceDestroyed | AppFocusRequest
+FromCompositor = SurfaceReady | WindowClosed
+TO_COMPOSITOR_TYPES = frozenset({"app_surface_created", "app_surface_destroyed", "app_focus_request"})
+FROM_COMPOSITOR_TYPES = frozenset({"surface_ready", "window_closed"})
+_TO_COMPOSITOR: TypeAdapter[ToCompositor] = TypeAdapter(Annotated[ToCompositor, Field(discriminator="type")])
+_FROM_COMPOSITOR: TypeAdapter[FromCompositor] = TypeAdapter(Annotated[FromCompositor, Field(discriminator="type")])
+
+
+class UnknownMessageType(ProtocolError):
+    """A well-formed map whose `type` this side does not know (a newer peer): skip it, keep the link."""
+
+
+def _compositor_message(data: Any, adapter: TypeAdapter[T], known: frozenset[str], what: str) -> T:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"a {what} must be a map")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(f"a {what} needs a string `type`")
+    if kind not in known:
+        raise UnknownMessageType(f"unknown {what} type {kind[:40]!r}")
+    return _validate(adapter, data, kind)
+
+
+def parse_to_compositor(data: Any) -> ToCompositor:
+    """A decoded frame appd sent to the compositor."""
+    return _compositor_message(data, _TO_COMPOSITOR, TO_COMPOSITOR_TYPES, "message to the compositor")
+
+
+def parse_from_compositor(data: Any) -> FromCompositor:
+    """A decoded frame the compositor sent to appd."""
+    return _compositor_message(data, _FROM_COMPOSITOR, FROM_COMPOSITOR_TYPES, "message from the compositor")
+
+
+async def read_compositor_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next frame body on the compositor IPC socket (at most 4 MiB), or None at a clean end."""
+    return await read_frame(reader, COMPOSITOR_MAX_FRAME_BYTES, "compositor frame")
 
 
 # ==== weft-mountd ============================================================================
