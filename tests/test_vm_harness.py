@@ -260,6 +260,12 @@ def test_qemu_argv_qmp_serial_and_test_console(tmp_path: Path) -> None:
     assert "virtio-serial-pci" not in _values(interactive, "-device")  # no test console asked for
 
 
+def test_qemu_argv_has_a_display_device_wlroots_accepts_and_an_absolute_pointer(tmp_path: Path) -> None:
+    argv = qemu_argv(_config(tmp_path), binary="qemu")
+    assert _values(argv, "-vga") == ["none"]
+    assert {"virtio-vga", "virtio-tablet-pci"} <= set(_values(argv, "-device"))
+
+
 @pytest.mark.parametrize("display,expected", [("none", "none"), ("gtk", "gtk"), ("vnc", "vnc=127.0.0.1:0")])
 def test_qemu_argv_display_modes(tmp_path: Path, display: str, expected: str) -> None:
     assert _values(qemu_argv(_config(tmp_path, display=display), binary="qemu"), "-display") == [expected]

@@ -28,10 +28,12 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from weft.errors import WeftError
 from weft.proc import spawn
 from weft.vm.console import ConsoleError, ConsoleTimeout, Reply, TestConsole
+from weft.vm.ocr import PNG_MAGIC, Screen, Word, png_size, read_screen
 from weft.vm.poll import poll
 from weft.vm.qemu import Accel, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# QEMU's absolute pointer axes run from 0 to this at the screen's far edge (INPUT_EVENT_ABS_MAX).
+ABS_MAX = 0x7FFF
 CONNECT_TIMEOUT_S = 30
 QUERY_TIMEOUT_S = 30  # one systemctl query inside a wait
 LOGGED_OUTPUT_CHARS = 4000
@@ -374,6 +376,65 @@ class Machine:
         if not path.is_file() or path.read_bytes()[:8] != PNG_MAGIC:
             raise MachineError(f"screendump did not write a PNG to {path}")
         return path
+
+    def _screen(self) -> tuple[Path, Screen]:
+        """A fresh screenshot (kept as NAME-screen.png, the last one the test saw) and its text."""
+        path = self.screenshot(self.workdir / f"{self.name}-screen.png")
+        return path, read_screen(path)
+
+    def screen_text(self) -> str:
+        """The text on the guest's screen now, read by OCR."""
+        return self._screen()[1].text
+
+    def wait_for_text(self, regex: str, timeout: float = 120) -> Screen:
+        """Wait until OCR reads text matching `regex` (case-insensitive) on the screen."""
+        pattern = re.compile(regex, re.IGNORECASE)
+        last: list[str] = [""]
+
+        def readable() -> Screen | None:
+            _, screen = self._screen()
+            last[0] = screen.text
+            return screen if pattern.search(screen.text) else None
+
+        def diagnose() -> str:
+            return f"last text read from the screen ({self.name}-screen.png):\n{last[0]}\n{self._serial_diagnostics()}"
+
+        return self._poll(readable, what=f"text /{regex}/ on the screen", timeout=timeout, interval=2.0,
+                          diagnose=diagnose)
+
+    def find_word(self, regex: str, timeout: float = 120) -> Word:
+        """Wait until a word matching `regex` (whole word, case-insensitive) is on the screen."""
+        pattern = re.compile(regex, re.IGNORECASE)
+        screen = self.wait_for_text(rf"\b(?:{regex})\b", timeout)
+        for word in screen.words:
+            if pattern.fullmatch(word.text.strip(".,:;!?")):
+                return word
+        raise MachineError(f"/{regex}/ is in the screen's text but not as one word: {screen.text!r}")
+
+    def move_pointer(self, x: int, y: int) -> None:
+        """Put the (absolute) pointer at screen pixel (x, y)."""
+        width, height = png_size(self.screenshot(self.workdir / f"{self.name}-pointer.png"))
+        if not (0 <= x < width and 0 <= y < height):
+            raise MachineError(f"({x}, {y}) is outside the {width}x{height} screen")
+        self.log.info("pointer to (%d, %d)", x, y)
+        self._monitor().cmd("input-send-event", events=[
+            {"type": "abs", "data": {"axis": "x", "value": round(x * ABS_MAX / max(1, width - 1))}},
+            {"type": "abs", "data": {"axis": "y", "value": round(y * ABS_MAX / max(1, height - 1))}},
+        ])
+
+    def click(self, x: int, y: int, button: str = "left") -> None:
+        """Move the pointer to (x, y) and press and release `button` there."""
+        self.move_pointer(x, y)
+        self.log.info("click %s at (%d, %d)", button, x, y)
+        for down in (True, False):
+            self._monitor().cmd("input-send-event", events=[{"type": "btn", "data": {"down": down, "button": button}}])
+            time.sleep(0.05)
+
+    def click_word(self, regex: str, timeout: float = 120) -> Word:
+        """Wait for a word matching `regex` on the screen and click its middle."""
+        word = self.find_word(regex, timeout)
+        self.click(*word.center)
+        return word
 
     def send_key(self, keys: str) -> None:
         """Press a key combination such as "ctrl-alt-delete" (QEMU qcodes joined by '-')."""

@@ -87,6 +87,12 @@ def qemu_argv(config: VmConfig, binary: str | None = None) -> list[str]:
         "-mon", "chardev=qmp,mode=control",
         "-device", "virtio-rng-pci",
         "-nic", "none",
+        # The desktop: virtio-gpu (the standard VGA's bochs DRM driver cannot import buffers,
+        # and wlroots' DRM backend refuses it) and an absolute pointer, which QMP's
+        # input-send-event drives at screen coordinates (tests/vm).
+        "-vga", "none",
+        "-device", "virtio-vga",
+        "-device", "virtio-tablet-pci",
     ]
     if config.serial == "stdio":
         # mon: multiplexes the QEMU monitor onto the terminal (Ctrl-A x quits).

@@ -1,0 +1,49 @@
+"""weft.vm.ocr on real pictures: text drawn with cairo, read back by Tesseract with its place."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cairo
+import pytest
+
+from weft.errors import WeftError
+from weft.vm.ocr import png_size, read_screen
+
+
+def _draw(path: Path, words: list[tuple[str, int, int]], *, dark: bool) -> Path:
+    surface = cairo.ImageSurface(cairo.FORMAT_RGB24, 640, 400)
+    ctx = cairo.Context(surface)
+    ctx.set_source_rgb(*((0.1, 0.12, 0.2) if dark else (1, 1, 1)))
+    ctx.paint()
+    ctx.set_source_rgb(*((0.95, 0.95, 0.95) if dark else (0, 0, 0)))
+    ctx.select_font_face("DejaVu Sans")
+    ctx.set_font_size(28)
+    for text, x, y in words:
+        ctx.move_to(x, y)
+        ctx.show_text(text)
+    surface.write_to_png(str(path))
+    return path
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_words_are_read_with_their_place_on_the_screen(tmp_path: Path, dark: bool) -> None:
+    png = _draw(tmp_path / "screen.png", [("Counter", 60, 100), ("Notes", 400, 300)], dark=dark)
+    screen = read_screen(png)
+    found = {w.text: w for w in screen.words}
+    assert {"Counter", "Notes"} <= set(found), screen.text
+    x, y = found["Counter"].center
+    assert 60 <= x <= 220 and 70 <= y <= 110
+    x, y = found["Notes"].center
+    assert 400 <= x <= 520 and 270 <= y <= 310
+
+
+def test_words_on_one_line_read_as_one_line(tmp_path: Path) -> None:
+    png = _draw(tmp_path / "screen.png", [("Counter is ready", 40, 200)], dark=False)
+    assert "Counter is ready" in read_screen(png).text.splitlines()
+
+
+def test_png_size_reads_the_header_and_refuses_other_files(tmp_path: Path) -> None:
+    assert png_size(_draw(tmp_path / "a.png", [], dark=False)) == (640, 400)
+    (tmp_path / "b.png").write_bytes(b"GIF89a" + bytes(30))
+    with pytest.raises(WeftError, match="not a PNG"):
+        png_size(tmp_path / "b.png")
