@@ -132,6 +132,10 @@ APPD_WS_PORT: Setting[int] = Setting(
 APPD_ORIGINS: Setting[frozenset[str]] = Setting(
     "WEFT_APPD_ORIGINS", frozenset[str], frozenset({"weft-system://shell"}),
     "browser origins allowed to use the boot token (space-separated)", split=_words)
+APPD_RUNTIME_DIR: Setting[Path | None] = Setting(
+    "WEFT_APPD_RUNTIME_DIR", Path | None, None,
+    "weft-appd's XDG_RUNTIME_DIR as the shells see it: they read its weft/appd.token and weft/appd.wsport "
+    "(default $XDG_RUNTIME_DIR)")
 RUNTIME_BIN: Setting[tuple[str, ...] | None] = Setting(
     "WEFT_RUNTIME_BIN", tuple[str, ...] | None, None,
     "runtime command line (default: this Python's weft.daemons.runtime)", split=shlex.split)
@@ -152,6 +156,10 @@ APP_CPU_PERCENT: Setting[int] = Setting(
     "WEFT_APP_CPU_PERCENT", CpuPercent, 200, "cpu.max of one app's cgroup, % of one CPU")
 APP_PIDS_MAX: Setting[int] = Setting(
     "WEFT_APP_PIDS_MAX", PidsMax, 256, "pids.max of one app's cgroup (processes + threads)")
+COMPOSITOR_SOCKET: Setting[Path | None] = Setting(
+    "WEFT_COMPOSITOR_SOCKET", Path | None, None,
+    "weft-compositor's IPC socket, which appd connects to (announces app windows); unset: no desktop, apps run "
+    "headless")
 
 # -- every program -------------------------------------------------------------------------
 
@@ -160,8 +168,10 @@ DEBUG: Setting[bool] = Setting("WEFT_DEBUG", bool, False, "`1`: tracebacks on fa
 ALL: tuple[Setting[Any], ...] = (
     HOME, XDG_RUNTIME_DIR, XDG_DATA_HOME, XDG_CACHE_HOME, APP_STORE, SYSTEM_APP_STORE, APP_DATA, CACHE_DIR,
     IMAGE_STORE, SYSTEM_IMAGE_STORE, TRUSTED_KEYS, ROLLBACK_RECORD, APPD_SOCKET,
-    MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, RUNTIME_BIN, RUNTIME_POOL, READY_TIMEOUT_S,
-    MAX_SESSIONS, APP_SOURCE, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT, APP_PIDS_MAX, DEBUG,
+    MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, APPD_RUNTIME_DIR, RUNTIME_BIN, RUNTIME_POOL,
+    READY_TIMEOUT_S, MAX_SESSIONS, APP_SOURCE, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT,
+    APP_PIDS_MAX,
+    COMPOSITOR_SOCKET, DEBUG,
 )
 
 # -- derived paths -------------------------------------------------------------------------
@@ -187,6 +197,14 @@ def appd_runtime_dir(env: Env | None = None) -> Path:
     runtime = XDG_RUNTIME_DIR.read(env)
     if runtime is None:
         raise SettingError("XDG_RUNTIME_DIR is not set; weft-appd keeps its sockets there")
+    return runtime / "weft"
+
+
+def appd_client_dir(env: Env | None = None) -> Path:
+    """weft-appd's per-boot directory as its WebSocket clients (the shells) find it."""
+    runtime = APPD_RUNTIME_DIR.read(env) or XDG_RUNTIME_DIR.read(env)
+    if runtime is None:
+        raise SettingError(f"set {APPD_RUNTIME_DIR.env} or XDG_RUNTIME_DIR: weft-appd's token and port are there")
     return runtime / "weft"
 
 

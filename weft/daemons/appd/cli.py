@@ -6,7 +6,8 @@ WEFT_APPD_SOCKET, WEFT_APPD_WS_PORT (0 = any free port, written to appd.wsport),
 WEFT_APPD_ORIGINS, WEFT_RUNTIME_BIN, WEFT_RUNTIME_POOL, WEFT_READY_TIMEOUT_S,
 WEFT_MAX_SESSIONS, WEFT_APP_MEMORY_MIB, WEFT_APP_CGROUPS (required|off),
 WEFT_APP_CGROUP_MEMORY_MIB, WEFT_APP_CPU_PERCENT, WEFT_APP_PIDS_MAX, WEFT_APP_SOURCE (verified: through
-weft-mountd at WEFT_MOUNTD_SOCKET, mounts under WEFT_APPS_MOUNT_ROOT; directory: WEFT_APP_STORE).
+weft-mountd at WEFT_MOUNTD_SOCKET, mounts under WEFT_APPS_MOUNT_ROOT; directory: WEFT_APP_STORE),
+WEFT_COMPOSITOR_SOCKET (weft-compositor's IPC socket: app windows; unset: no desktop).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from weft.cli_support import ArgumentParser, add_debug_flag, daemon_logging, run_cli
 from weft.daemons.appd.app_source import app_source
 from weft.daemons.appd.cgroups import AppCgroups
+from weft.daemons.appd.compositor_link import CompositorLink
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.dispatch import Caller, Dispatcher
 from weft.daemons.appd.hub import Hub
@@ -74,7 +76,8 @@ async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
     # Before any socket is bound: with WEFT_APP_CGROUPS=required, no delegation means no start.
     pool = RuntimePool(config, AppCgroups.delegated(config.app_limits) if config.cgroups == "required" else None)
     source = app_source(config)  # WEFT_APP_SOURCE: verified images through weft-mountd, or directories
-    manager = SessionManager(config, pool, hub, source)
+    compositor = CompositorLink(config.compositor_socket) if config.compositor_socket is not None else None
+    manager = SessionManager(config, pool, hub, source, compositor)
     dispatcher = Dispatcher(manager, hub, config.max_sessions)
     unix = UnixServer(_socket_directory(config, runtime), config.socket_path.name, dispatcher)
     websocket = WebSocketServer(config.ws_port, boot_token, config.control_origins, manager, hub, dispatcher)
@@ -86,6 +89,10 @@ async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
         raise WeftError(f"cannot listen on 127.0.0.1:{config.ws_port}: {exc.strerror}") from None
     runtime.write_text(config.wsport_path.name, str(port))
     pool.start()
+    if compositor is None:
+        log.info("no desktop (WEFT_COMPOSITOR_SOCKET is unset): apps run without windows")
+    else:
+        compositor.start(on_window_closed=manager.window_closed)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +110,8 @@ async def _serve(config: AppdConfig, runtime: RuntimeDir) -> None:
     await unix.close()
     await websocket.close()
     await manager.stop_all()
+    if compositor is not None:
+        await compositor.close()  # after stop_all: the last app_surface_destroyed go out first
     await pool.close()
     await source.close()
     log.info("stopped")

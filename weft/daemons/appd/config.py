@@ -53,6 +53,7 @@ class AppdConfig(BaseModel):
     app_source: AppSourceMode  # where packages come from (app_source.py); no fallback between the two
     mountd_socket: Path
     apps_mount_root: Path  # weft-mountd's mounts: `<root>/<app_id>`, the only paths a verified launch accepts
+    compositor_socket: Path | None = None  # weft-compositor's IPC socket; None: no desktop (headless launches)
 
     @model_validator(mode="after")
     def _cgroup_leaves_room_for_the_runtime(self) -> AppdConfig:
@@ -97,6 +98,7 @@ class AppdConfig(BaseModel):
                 app_source=settings.APP_SOURCE.read(env),
                 mountd_socket=settings.MOUNTD_SOCKET.read(env),
                 apps_mount_root=settings.APPS_MOUNT_ROOT.read(env),
+                compositor_socket=settings.COMPOSITOR_SOCKET.read(env),
             )
         except ValidationError as exc:  # a rule across settings (each one alone was valid)
             raise settings.SettingError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None

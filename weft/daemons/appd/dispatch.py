@@ -16,6 +16,7 @@ from weft.daemons.protocol import (
     AppState,
     Error,
     ErrorCode,
+    FocusApp,
     InstalledApps,
     IpcForward,
     IpcMessage,
@@ -84,6 +85,11 @@ class Dispatcher:
             return _not_found(request.session_id)  # type: ignore[attr-defined]
         if isinstance(request, TerminateApp):
             self.manager.terminate(session)
+            return session.app_state()
+        if isinstance(request, FocusApp):  # control clients only (not in SESSION_REQUESTS)
+            if session.state != SessionState.RUNNING:
+                return Error(code=ErrorCode.NOT_RUNNING, message=f"session {session.id} is {session.state.value}")
+            self.manager.focus(session)
             return session.app_state()
         if isinstance(request, QuerySessionToken):
             if not session.live:

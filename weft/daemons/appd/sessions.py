@@ -8,7 +8,10 @@ recorded with a reason and a message (APP_STATE, RUNNING_APPS.ended_with_error);
 image appd first asks weft-mountd whether dm-verity saw corruption, which then is the error.
 Any other exception in the supervisor is logged once with its traceback and ends the session
 as failed, with the exception as the message.
-The package (app_source.py) is released last. Registry operations never wait while holding
+The package (app_source.py) is released last.
+With a desktop (compositor_link.py), a session that reached READY is announced to the
+compositor, which opens its window; the teardown withdraws it first, and a window the user
+closed terminates its session like TERMINATE_APP. Registry operations never wait while holding
 anything, so there is no lock to deadlock on (the reference hung in IPC_FORWARD, §11.2).
 """
 from __future__ import annotations
@@ -19,12 +22,21 @@ import signal
 
 from weft.daemons.appd.app_source import AppSource, PackageRoot
 from weft.daemons.appd.cgroups import CgroupError
+from weft.daemons.appd.compositor_link import CompositorLink
 from weft.daemons.appd.config import AppdConfig
 from weft.daemons.appd.hub import Hub
 from weft.daemons.appd.mailbox import Mailbox
 from weft.daemons.appd.runtimes import RuntimePool, RuntimeProcess
 from weft.daemons.appd.tokens import new_session_token, same_token
-from weft.daemons.protocol import AppReady, AppState, EndReason, IpcMessage, LaunchAck, SessionState
+from weft.daemons.protocol import (
+    AppReady,
+    AppState,
+    AppSurfaceCreated,
+    EndReason,
+    IpcMessage,
+    LaunchAck,
+    SessionState,
+)
 from weft.daemons.relay import Ipc, Launch, Ready, RelayError
 
 log = logging.getLogger("weft.appd")
@@ -80,11 +92,13 @@ class Busy(Exception):
 
 
 class SessionManager:
-    def __init__(self, config: AppdConfig, pool: RuntimePool, hub: Hub, source: AppSource):
+    def __init__(self, config: AppdConfig, pool: RuntimePool, hub: Hub, source: AppSource,
+                 compositor: CompositorLink | None = None):
         self.config = config
         self.pool = pool
         self.hub = hub
         self.source = source
+        self.compositor = compositor  # None: no desktop, sessions run headless
         self.sessions: dict[int, Session] = {}
         self.last_id = 0
 
@@ -122,6 +136,17 @@ class SessionManager:
             self._set_state(session, SessionState.STOPPING)
             if session.task is not None:
                 session.task.cancel()  # the supervisor's `finally` does the teardown
+
+    def window_closed(self, session_id: int) -> None:
+        """The compositor says the session's window is gone: end the session as TERMINATE_APP does."""
+        session = self.get(session_id)
+        if session is not None:
+            self.terminate(session)
+
+    def focus(self, session: Session) -> None:
+        """Ask the compositor to raise the session's window (nothing without a desktop)."""
+        if self.compositor is not None:
+            self.compositor.focus(session.id)
 
     async def stop_all(self) -> None:
         tasks = [s.task for s in self.sessions.values() if s.task is not None and not s.task.done()]
@@ -180,6 +205,7 @@ class SessionManager:
                 if session.state == SessionState.STARTING:
                     session.state = SessionState.RUNNING
                     self.hub.publish(AppReady(session_id=session.id, app_id=session.app_id), session.id)
+                    self._open_window(session)
                 return
             self._deliver(session, message.payload)
 
@@ -194,7 +220,14 @@ class SessionManager:
         session.mailbox.put(payload)
         session.mail.set()
 
+    def _open_window(self, session: Session) -> None:
+        if self.compositor is not None and session.runtime is not None:
+            self.compositor.surface_created(AppSurfaceCreated(app_id=session.app_id, session_id=session.id,
+                                                              pid=session.runtime.pid, token=session.token))
+
     async def _teardown(self, session: Session) -> None:
+        if self.compositor is not None:  # first: the window goes while the runtime is being stopped
+            self.compositor.surface_destroyed(session.id)
         if session.runtime is not None:
             requested = session.state == SessionState.STOPPING
             code = await asyncio.shield(session.runtime.stop(self.config.stop_grace_s))
