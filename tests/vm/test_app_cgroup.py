@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from vm_support import AS_WEFT
 
 from weft import settings
 from weft.image import guests
@@ -25,7 +26,6 @@ SHIPPED_ID = "org.weft.demo.counter"  # in the image's system image store
 TEST_KEY = REPO / "tests/vm/keys/weft-test.key"  # the test image trusts it
 UNIT = "weft-appd.service"
 UNIT_CGROUP = "/sys/fs/cgroup/system.slice/weft-appd.service"
-AS_WEFT = "runuser -u weft -- env XDG_RUNTIME_DIR=/run/weft-appd"  # how appd's user reaches its socket
 
 
 @pytest.fixture(scope="module")

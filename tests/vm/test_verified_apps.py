@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
-from vm_support import MOUNTS, SharedMachine, leftovers
+from vm_support import AS_WEFT, MOUNTS, SharedMachine, leftovers
 
 from weft.daemons.appctl import LAUNCH_EXIT_CODES
 from weft.image import guests
@@ -36,7 +36,6 @@ from weft.vm.transfer import push, push_tree
 REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = REPO / "tests/vm/keys/weft-test.key"
 # How the weft user reaches appd: the unit's environment (User=weft, HOME from passwd).
-AS_WEFT = "runuser -u weft -- env HOME=/var/lib/weft XDG_RUNTIME_DIR=/run/weft-appd"
 APPD = "weft-appd.service"
 READY_TIMEOUT_S = 900
 DROP_IN = "/run/systemd/system/weft-appd.service.d/50-test-ready-timeout.conf"

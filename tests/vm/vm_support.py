@@ -9,6 +9,8 @@ from typing import Protocol
 from weft.vm.machine import Machine
 
 MOUNTS = "/run/weft/apps"
+# A guest command prefix: run as the session user, as appd's clients do.
+AS_WEFT = "runuser -u weft -- env HOME=/var/lib/weft XDG_RUNTIME_DIR=/run/weft-appd"
 
 
 class SharedMachine(Protocol):

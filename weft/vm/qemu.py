@@ -30,7 +30,7 @@ class VmConfig(BaseModel):
     serial: Literal["stdio"] | Path
     display: Display = "none"
     test_console: Path | None = None
-    memory_mb: int = 2048
+    memory_mb: int = 4096
     cpus: int = 2
 
 
