@@ -92,6 +92,7 @@ class WebPage:
         _harden(self.view.get_settings())
         self.view.connect("decide-policy", self._on_decide_policy)
         self.view.connect("web-process-terminated", self._on_web_process_terminated)
+        self.view.connect("notify::title", lambda view, _spec: log.debug("page title: %s", view.get_title()))
         self.window = Gtk.Window(title=title)
         self.window.set_decorated(False)  # no GTK title bar: the compositor owns window management
         self.window.set_default_size(*size)
