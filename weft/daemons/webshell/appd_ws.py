@@ -29,6 +29,9 @@ log = logging.getLogger("weft.webshell")
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
 OPEN_TIMEOUT_S = 5.0
+# websockets logs the request line at DEBUG, and the request line carries the token: never below INFO.
+_FRAMES_LOG = logging.getLogger("weft.webshell.websocket")
+_FRAMES_LOG.setLevel(logging.INFO)
 
 
 def read_port(appd_dir: Path) -> int:
@@ -100,7 +103,7 @@ class AppdSocket:
         while not self._stop.is_set():
             try:
                 with connect(self._url(), open_timeout=OPEN_TIMEOUT_S, max_size=MAX_FRAME_BYTES,
-                             compression=None, origin=None) as connection:
+                             compression=None, origin=None, logger=_FRAMES_LOG) as connection:
                     with self._lock:
                         self._connection = connection
                     backoff = FIRST_BACKOFF_S
