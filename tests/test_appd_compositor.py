@@ -2,10 +2,16 @@
 Unix socket server speaking the reference framing (4-byte LE length + msgpack map)."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
 import queue
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +24,7 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 
 from weft.daemons import protocol
+from weft.daemons.appd.compositor_link import MAX_QUEUED, CompositorLink
 from weft.daemons.protocol import ErrorCode, SessionState
 
 COUNTER = "org.weft.demo.counter"
@@ -258,3 +265,73 @@ def test_no_compositor_setting_means_no_desktop(installed, appd_factory):
     assert "no desktop (WEFT_COMPOSITOR_SOCKET is unset)" in appd.log.read_text()
     reply = appd.request(protocol.FocusApp(session_id=session_id))  # valid, with no window to raise
     assert isinstance(reply, protocol.AppState) and reply.state == SessionState.RUNNING
+
+
+# ---- the link alone, in-process -------------------------------------------------------------------
+
+def _announcement(session_id: int) -> protocol.AppSurfaceCreated:
+    return protocol.AppSurfaceCreated(app_id=COUNTER, session_id=session_id, pid=100 + session_id, token="t" * 43)
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_a_compositor_that_stops_reading_loses_its_connection_not_appds_memory(tmp_path, caplog):
+    connections: list[asyncio.StreamWriter] = []
+
+    async def stuck(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # never reads
+
+    async def scenario() -> None:
+        server = await asyncio.start_unix_server(stuck, str(tmp_path / "c.sock"))
+        link = CompositorLink(tmp_path / "c.sock")
+        link.surface_created(_announcement(1))  # before any connection: dropped, announced on connect
+        link.start(on_window_closed=lambda session_id: None)
+        await _until(lambda: link.connected)
+        for _ in range(MAX_QUEUED + 2):  # faster than any socket drains: the queue is full at once
+            link.focus(1)
+        assert not link.connected and len(link._queue) == 0  # freed at once
+        await _until(lambda: len(connections) == 2 and link.connected)  # back, with the window announced
+        await link.close()
+        server.close()
+
+    with caplog.at_level(logging.INFO, logger="weft.appd"):
+        asyncio.run(scenario())
+    assert "not sent" in caplog.text
+    assert f"it has not read {MAX_QUEUED + 1} messages; reconnecting" in caplog.text  # 256 + the announcement
+    assert caplog.text.count("announcing 1 windows") == 2
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to bind a socket as another user")
+def test_tokens_go_only_to_a_compositor_of_appds_own_user(tmp_path, caplog):
+    # Someone else's socket at the configured path must not receive session tokens.
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is closed to other users
+    directory.chmod(0o777)
+    path = directory / "c.sock"
+    listener = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\n"
+         "s.listen(4)\nprint('ready',flush=True)\nwhile True:\n c,_=s.accept()\n d=c.recv(65536)\n"
+         " print(len(d),flush=True)\n", str(path)], user=65534, stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+
+        async def scenario() -> None:
+            link = CompositorLink(path)
+            link.start(on_window_closed=lambda session_id: None)
+            link.surface_created(_announcement(1))
+            await _until(lambda: "uid 65534" in caplog.text)
+            assert not link.connected
+            await link.close()
+
+        with caplog.at_level(logging.INFO, logger="weft.appd"):
+            asyncio.run(scenario())
+        assert "belongs to a process of uid 65534, not 0; not using it" in caplog.text
+        listener.terminate()
+        assert set(listener.communicate(timeout=10)[0].split()) <= {"0"}  # connections closed, nothing sent
+    finally:
+        listener.kill()
+        shutil.rmtree(directory)

@@ -47,7 +47,7 @@ log = logging.getLogger("weft.appd")
 
 RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 5.0)  # then every 5 s
 STABLE_S = 5.0  # a connection that lasted this long resets the back-off
-MAX_QUEUED = 256  # messages waiting for a connected compositor; beyond: it is not reading
+MAX_QUEUED = 256  # messages waiting for a connected compositor, beyond the announcements: it is not reading
 FLUSH_AT_CLOSE_S = 1.0  # appd stopping: how long the last app_surface_destroyed may take to leave
 
 
@@ -96,7 +96,7 @@ class CompositorLink:
                             "window are announced again once it is back)", self.path, message.type,
                             message.session_id)
             return
-        if len(self._queue) >= MAX_QUEUED:
+        if len(self._queue) >= MAX_QUEUED + len(self.surfaces):  # the announcements may be queued too
             self._drop_connection(writer, f"it has not read {len(self._queue)} messages")
             return
         self._queue.append(message)
@@ -181,6 +181,8 @@ class CompositorLink:
 
     def _drop_connection(self, writer: asyncio.StreamWriter, why: str) -> None:
         self._lost_why = why
+        self._writer = None  # from now on messages are dropped, as while away
+        self._queue.clear()
         writer.transport.abort()  # the reader sees the end at once
 
     def _handle(self, event: FromCompositor) -> None:
