@@ -161,6 +161,11 @@ COMPOSITOR_SOCKET: Setting[Path | None] = Setting(
     "weft-compositor's IPC socket, which appd connects to (announces app windows); unset: no desktop, apps run "
     "headless")
 
+APPD_CGROUP: Setting[str | None] = Setting(
+    "WEFT_APPD_CGROUP", str | None, None,
+    "weft-compositor: the cgroup (as in /proc/<pid>/cgroup) a peer of its IPC socket must be in (appd's); unset: "
+    "any process of the compositor's uid")
+
 # -- every program -------------------------------------------------------------------------
 
 DEBUG: Setting[bool] = Setting("WEFT_DEBUG", bool, False, "`1`: tracebacks on failure, like --debug", split=_flag)
@@ -171,7 +176,7 @@ ALL: tuple[Setting[Any], ...] = (
     MOUNTD_SOCKET, APPS_MOUNT_ROOT, APPD_WS_PORT, APPD_ORIGINS, APPD_RUNTIME_DIR, RUNTIME_BIN, RUNTIME_POOL,
     READY_TIMEOUT_S, MAX_SESSIONS, APP_SOURCE, APP_MEMORY_MIB, APP_CGROUPS, APP_CGROUP_MEMORY_MIB, APP_CPU_PERCENT,
     APP_PIDS_MAX,
-    COMPOSITOR_SOCKET, DEBUG,
+    COMPOSITOR_SOCKET, APPD_CGROUP, DEBUG,
 )
 
 # -- derived paths -------------------------------------------------------------------------

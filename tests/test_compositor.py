@@ -1,0 +1,335 @@
+"""weft-compositor on the headless backend with real client processes (docs/desktop.md).
+
+The shell and app shells are tests/compositor_support.py run as scripts; screenshots are taken
+with grim through wlr-screencopy (PNG kept in test-artifacts/compositor/) and the layout is
+checked on their pixels. Input goes through the virtual pointer/keyboard protocols, which the
+compositor offers only with --test-input. The IPC socket is driven as appd would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from compositor_support import Client, virtual_keyboard, virtual_pointer
+
+from weft.daemons.protocol import (
+    AppFocusRequest,
+    AppSurfaceCreated,
+    AppSurfaceDestroyed,
+    Message,
+    decode_body,
+    encode_frame,
+    recv_frame,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORT = Path(__file__).parent / "compositor_support.py"
+ARTIFACTS = ROOT / "test-artifacts" / "compositor"
+WIDTH, HEIGHT = 1280, 800
+BLUE, RED, GREEN, YELLOW, BLACK = (0, 0, 255), (255, 0, 0), (0, 255, 0), (255, 255, 0), (0, 0, 0)
+WORK_AREA_POINT = (640, 400)
+TASKBAR_POINT = (640, HEIGHT - 10)
+BTN_LEFT = 272
+KEY_TAB, KEY_F4, KEY_LEFTALT = 15, 62, 56
+ALT_MASK = 8  # Mod1 in the default keymap
+
+pytestmark = pytest.mark.skipif(shutil.which("grim") is None, reason="grim is not installed")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "the condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Desktop:
+    process: subprocess.Popen[str]
+    display: str
+    runtime: Path
+    ipc_path: Path
+    shell_log: Path
+    app_log: Path
+    stderr: Path
+
+    @property
+    def socket(self) -> str:
+        return str(self.runtime / self.display)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime), "WAYLAND_DISPLAY": self.display}
+
+    def pixels(self, name: str) -> Callable[[int, int], tuple[int, int, int]]:
+        """A screenshot (PNG kept as an artifact) and a reader of its pixels."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["grim", str(ARTIFACTS / f"{name}.png")], env=self.env(), check=True, timeout=10)
+        ppm = subprocess.run(["grim", "-t", "ppm", "-"], env=self.env(), check=True, timeout=10,
+                             capture_output=True).stdout
+        _magic, rest = ppm.split(b"\n", 1)
+        size, rest = rest.split(b"\n", 1)
+        _maxval, data = rest.split(b"\n", 1)
+        width = int(size.split()[0])
+
+        def at(x: int, y: int) -> tuple[int, int, int]:
+            offset = (y * width + x) * 3
+            return data[offset], data[offset + 1], data[offset + 2]
+
+        return at
+
+    def wait_for_colour(self, point: tuple[int, int], colour: tuple[int, int, int], name: str) -> None:
+        last: list[tuple[int, int, int]] = []
+
+        def check() -> bool:
+            last[:] = [self.pixels(name)(*point)]
+            return last[0] == colour
+
+        try:
+            wait_until(check, 10, f"{colour} at {point}")
+        except AssertionError:
+            raise AssertionError(f"{name}: pixel {point} is {last}, expected {colour}; "
+                                 f"compositor log:\n{self.stderr.read_text()}") from None
+
+    def connect_ipc(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(self.ipc_path))
+        return sock
+
+    def events(self, log: Path, kind: str) -> list[dict[str, Any]]:
+        return [e for e in read_log(log) if e["event"] == kind]
+
+
+def send(sock: socket.socket, message: Message) -> None:
+    sock.sendall(encode_frame(message))
+
+
+def receive(sock: socket.socket) -> dict[str, Any]:
+    body = decode_body(recv_frame(sock, "the compositor closed the connection"))
+    assert isinstance(body, dict)
+    return body
+
+
+def start_desktop(tmp_path: Path, *extra: str, app_args: str = "", shell_args: str = "") -> Desktop:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    shell_log, app_log, stderr = tmp_path / "shell.jsonl", tmp_path / "app.jsonl", tmp_path / "compositor.log"
+    python = sys.executable
+    command = [python, "-m", "weft.daemons.compositor", "--backend", "headless", "--size", f"{WIDTH}x{HEIGHT}",
+               "--test-input", "--debug",
+               "--app-shell", f"{python} {SUPPORT} --log {app_log} --colour session --zweft application "
+                              f"--read-token {app_args}", *extra]
+    command += ["--shell", f"{python} {SUPPORT} --log {shell_log} --colour 0000ff --zweft panel {shell_args}"]
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "PYTHONPATH": str(ROOT)}
+    for name in ("WAYLAND_DISPLAY", "DISPLAY", "NOTIFY_SOCKET"):
+        env.pop(name, None)
+    with stderr.open("w") as err:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("WAYLAND_DISPLAY="), stderr.read_text()
+    return Desktop(process, line.strip().split("=", 1)[1], runtime, runtime / "weft" / "compositor.sock",
+                   shell_log, app_log, stderr)
+
+
+@pytest.fixture
+def desktop(tmp_path: Path) -> Iterator[Desktop]:
+    running = start_desktop(tmp_path)
+    yield running
+    stop(running)
+
+
+def stop(running: Desktop) -> None:
+    running.process.send_signal(signal.SIGTERM)
+    try:
+        running.process.wait(10)
+    except subprocess.TimeoutExpired:
+        running.process.kill()
+        raise
+
+
+def open_app(running: Desktop, sock: socket.socket, session_id: int, app_id: str = "org.example.counter") -> None:
+    send(sock, AppSurfaceCreated(app_id=app_id, session_id=session_id, pid=os.getpid(), token=f"token-{session_id}"))
+    assert receive(sock) == {"type": "surface_ready", "session_id": session_id}
+
+
+def shell_ready(running: Desktop) -> None:
+    wait_until(lambda: running.events(running.shell_log, "xdg_configure"), what="the shell's window")
+
+
+# -- layout and roles ---------------------------------------------------------------------------
+
+def test_panel_covers_the_output_and_an_app_gets_the_work_area(desktop: Desktop) -> None:
+    shell_ready(desktop)
+    desktop.wait_for_colour(WORK_AREA_POINT, BLUE, "panel-only")
+    panel = wait_until(lambda: [e for e in desktop.events(desktop.shell_log, "zweft_configure") if e["state"] & 4],
+                       what="the panel's activated configure")
+    assert panel[-1] | {"pid": 0} == {"pid": 0, "event": "zweft_configure", "x": 0, "y": 0, "width": WIDTH,
+                                     "height": HEIGHT, "state": 1 | 4}  # maximized | activated
+    assert desktop.events(desktop.shell_log, "xdg_configure")[-1]["width"] == WIDTH
+
+    with desktop.connect_ipc() as sock:
+        open_app(desktop, sock, 1)
+        at = desktop.pixels("panel-and-app")
+        assert at(*WORK_AREA_POINT) == RED
+        assert at(*TASKBAR_POINT) == BLUE  # the bottom 48 px stay the shell's taskbar
+        assert at(WIDTH - 1, HEIGHT - 48 - 1) == RED
+        assert at(0, HEIGHT - 48) == BLUE
+    xdg = desktop.events(desktop.app_log, "xdg_configure")[-1]
+    assert (xdg["width"], xdg["height"]) == (WIDTH, HEIGHT - 48)
+    app = desktop.events(desktop.app_log, "zweft_configure")
+    assert app[-1]["width"] == WIDTH and app[-1]["height"] == HEIGHT - 48 and app[-1]["state"] == 1 | 4
+    # the session token came on stdin, never in argv or the environment
+    started = desktop.events(desktop.app_log, "started")[0]
+    assert started["argv"] == ["org.example.counter", "1"] and not started["env_token"]
+    assert desktop.events(desktop.app_log, "token")[0]["token"] == "token-1"
+    # the panel lost focus to the app
+    assert desktop.events(desktop.shell_log, "focus_changed")[-1]["focused"] == 0
+
+
+def test_a_stranger_is_never_mapped_and_cannot_be_panel_or_application(desktop: Desktop) -> None:
+    shell_ready(desktop)
+    stranger = Client(desktop.socket)
+    stranger.toplevel(0x00FF00)
+    panel = stranger.zweft_window("panel")
+    stranger.wait_for(lambda: any(e["event"] == "window_closed" for e in stranger.events), what="window_closed")
+    stranger.zweft_window("application")
+    stranger.wait_for(lambda: sum(e["event"] == "window_closed" for e in stranger.events) == 2,
+                      what="the second window_closed")
+    assert not [e for e in stranger.events if e["event"] == "zweft_configure"]
+    stranger.wait_for(lambda: stranger.size != (0, 0), what="the xdg configure")  # it drew its buffer
+    for _ in range(5):
+        stranger.dispatch(0.05)
+    at = desktop.pixels("stranger")
+    assert at(*WORK_AREA_POINT) == BLUE and at(10, 10) == BLUE
+    assert "not mapping a toplevel of pid" in desktop.stderr.read_text()
+    # a request on a closed window is a defunct_window protocol error
+    panel.set_geometry(0, 0, 10, 10)
+    with pytest.raises(RuntimeError):
+        stranger.wait_for(lambda: False, timeout=2)
+
+
+# -- window management ---------------------------------------------------------------------------
+
+class Input:
+    """Clicks and keys through the virtual pointer/keyboard protocols (--test-input)."""
+
+    def __init__(self, display: str) -> None:
+        import xkbcommon.xkb
+
+        self.client = Client(display)
+        from pywayland.protocol.wayland import WlSeat
+
+        seat = self.client.bind(WlSeat, 1)
+        self.pointer = self.client.bind(virtual_pointer().ZwlrVirtualPointerManagerV1).create_virtual_pointer(seat)
+        self.keyboard = self.client.bind(virtual_keyboard().ZwpVirtualKeyboardManagerV1).create_virtual_keyboard(
+            seat)
+        keymap = xkbcommon.xkb.Context().keymap_new_from_names().get_as_bytes()
+        fd = os.memfd_create("keymap")
+        os.write(fd, keymap)
+        self.keyboard.keymap(1, fd, len(keymap))
+        os.close(fd)
+        self.client.display.roundtrip()
+
+    def click(self, x: int, y: int) -> None:
+        now = int(time.monotonic() * 1000) & 0xFFFFFFFF
+        self.pointer.motion_absolute(now, x, y, WIDTH, HEIGHT)
+        self.pointer.frame()
+        self.pointer.button(now, BTN_LEFT, 1)
+        self.pointer.frame()
+        self.pointer.button(now, BTN_LEFT, 0)
+        self.pointer.frame()
+        self.client.display.roundtrip()
+
+    def alt(self, key: int) -> None:
+        now = int(time.monotonic() * 1000) & 0xFFFFFFFF
+        self.keyboard.key(now, KEY_LEFTALT, 1)
+        self.keyboard.modifiers(ALT_MASK, 0, 0, 0)
+        self.keyboard.key(now, key, 1)
+        self.keyboard.key(now, key, 0)
+        self.keyboard.key(now, KEY_LEFTALT, 0)
+        self.keyboard.modifiers(0, 0, 0, 0)
+        self.client.display.roundtrip()
+
+
+def test_click_focuses_alt_tab_switches_and_focus_request_raises(desktop: Desktop) -> None:
+    shell_ready(desktop)
+    with desktop.connect_ipc() as sock:
+        open_app(desktop, sock, 1)
+        open_app(desktop, sock, 2)
+        desktop.wait_for_colour(WORK_AREA_POINT, GREEN, "two-apps")  # the newest app is on top
+        keys = Input(desktop.socket)
+        keys.alt(KEY_TAB)
+        desktop.wait_for_colour(WORK_AREA_POINT, RED, "after-alt-tab")
+        send(sock, AppFocusRequest(session_id=2))
+        desktop.wait_for_colour(WORK_AREA_POINT, GREEN, "after-focus-request")
+        # a click on the taskbar focuses the shell (which stays below the apps)
+        keys.click(*TASKBAR_POINT)
+        wait_until(lambda: desktop.events(desktop.shell_log, "focus_changed")[-1]["focused"] == 1,
+                   what="the shell's focus_changed(1)")
+        wait_until(lambda: desktop.events(desktop.app_log, "focus_changed")[-1]["focused"] == 0,
+                   what="the app's focus_changed(0)")
+        assert desktop.pixels("after-taskbar-click")(*WORK_AREA_POINT) == GREEN
+        keys.click(*WORK_AREA_POINT)
+        wait_until(lambda: desktop.events(desktop.shell_log, "focus_changed")[-1]["focused"] == 0,
+                   what="the shell's focus_changed(0)")
+
+
+def test_alt_f4_closes_the_focused_app_and_appd_hears_window_closed(desktop: Desktop) -> None:
+    shell_ready(desktop)
+    with desktop.connect_ipc() as sock:
+        open_app(desktop, sock, 3)
+        Input(desktop.socket).alt(KEY_F4)
+        assert receive(sock) == {"type": "window_closed", "session_id": 3}
+        assert desktop.events(desktop.app_log, "close_requested")
+        desktop.wait_for_colour(WORK_AREA_POINT, BLUE, "after-alt-f4")
+
+
+def test_app_surface_destroyed_stops_an_app_shell_that_ignores_close(tmp_path: Path) -> None:
+    running = start_desktop(tmp_path, app_args="--ignore-close")
+    try:
+        shell_ready(running)
+        with running.connect_ipc() as sock:
+            open_app(running, sock, 1)
+            pid = running.events(running.app_log, "started")[0]["pid"]
+            send(sock, AppSurfaceDestroyed(session_id=1))
+            wait_until(lambda: not Path(f"/proc/{pid}").exists() or "State:\tZ" in
+                       Path(f"/proc/{pid}/status").read_text(), what="the app shell to be gone")
+            running.wait_for_colour(WORK_AREA_POINT, BLUE, "after-app-surface-destroyed")
+    finally:
+        stop(running)
+
+
+def test_clipboard_from_the_shell_to_an_app(tmp_path: Path) -> None:
+    running = start_desktop(tmp_path, app_args="--print-selection", shell_args="--set-selection 'copied text'")
+    try:
+        shell_ready(running)
+        Input(running.socket)  # a keyboard: focus comes with a keyboard serial, which a copy needs
+        wait_until(lambda: running.events(running.shell_log, "selection_set"), what="the shell's copy")
+        with running.connect_ipc() as sock:
+            open_app(running, sock, 1)
+            pasted = wait_until(lambda: running.events(running.app_log, "selection"), what="the app's paste")
+            assert pasted[0]["text"] == "copied text"
+    finally:
+        stop(running)

@@ -1,0 +1,1 @@
+"""weft-compositor: the WEFT desktop's Wayland compositor (pywlroots 0.15). See docs/desktop.md."""

@@ -1,0 +1,5 @@
+import sys
+
+from weft.daemons.compositor.cli import main
+
+sys.exit(main())
