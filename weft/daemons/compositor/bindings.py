@@ -90,7 +90,8 @@ def _decode(message: Any, c_args: Any) -> list[Any]:
         elif kind == ArgumentType.Uint:
             values.append(int(raw.u))
         elif kind == ArgumentType.String:
-            values.append(None if raw.s == ffi.NULL else ffi.string(raw.s).decode("utf-8", "replace"))
+            text: Any = None if raw.s == ffi.NULL else ffi.string(raw.s)
+            values.append(None if text is None else text.decode("utf-8", "replace"))
         else:  # fixed, fd, array: pywayland's own decoder handles these
             return list(type(message).c_to_arguments(message, c_args))
     return values

@@ -6,11 +6,11 @@ marked Q whatever the layout.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
-import xkbcommon.xkb
 from pywayland.protocol.wayland import WlKeyboard, WlSeat
 from pywayland.server import Display, Listener
 from wlroots import ffi as wlr_ffi
@@ -20,10 +20,11 @@ from wlroots.wlr_types.input_device import ButtonState, InputDevice, InputDevice
 from wlroots.wlr_types.keyboard import KeyboardKeyEvent, KeyboardModifier
 from wlroots.wlr_types.xcursor_manager import XCursorManager
 
-from weft.daemons.compositor.loop import guarded
+from weft.daemons.compositor.loop import connect
 from weft.daemons.compositor.windows import WindowManager
 
 log = logging.getLogger("weft.compositor")
+xkb: Any = importlib.import_module("xkbcommon.xkb")  # untyped: used through its cffi door only
 XKB_KEY_TAB = 0xFF09
 XKB_KEY_F4 = 0xFFC1
 XKB_KEY_Q = (0x51, 0x71)
@@ -34,8 +35,8 @@ CURSOR_SIZE = 24
 
 def keysym_of(keyboard: Any, keycode: int) -> int:
     """The keysym `keycode` (evdev) produces in the keyboard's current xkb state."""
-    state = xkbcommon.xkb.ffi.cast("struct xkb_state *", int(wlr_ffi.cast("uintptr_t", keyboard._ptr.xkb_state)))
-    return int(xkbcommon.xkb.lib.xkb_state_key_get_one_sym(state, keycode + 8))
+    state = xkb.ffi.cast("struct xkb_state *", int(wlr_ffi.cast("uintptr_t", keyboard._ptr.xkb_state)))
+    return int(xkb.lib.xkb_state_key_get_one_sym(state, keycode + 8))
 
 
 class Gesture:
@@ -62,7 +63,8 @@ class Input:
         self.windows = windows
         self._navigation = navigation
         self.cursor = Cursor(layout)
-        self.xcursor = XCursorManager(CURSOR_SIZE)  # $XCURSOR_THEME, else wlroots' built-in arrow
+        cursor_manager: Any = XCursorManager  # untyped constructor
+        self.xcursor = cursor_manager(CURSOR_SIZE)  # $XCURSOR_THEME, else wlroots' built-in arrow
         self.xcursor.set_cursor_image("left_ptr", self.cursor)
         self.gestures = PointerGesturesV1(display)
         self._gesture: Gesture | None = None
@@ -81,9 +83,7 @@ class Input:
             (seat.request_set_selection_event, self._request_selection),
             (seat.request_set_primary_selection_event, self._request_primary_selection),
         ):
-            listener = Listener(guarded(handler))
-            signal.add(listener)
-            self._listeners.append(listener)
+            self._listeners.append(connect(signal, handler))
         self._update_capabilities()
 
     # -- devices ----------------------------------------------------------------------------
@@ -97,15 +97,12 @@ class Input:
     def _add_keyboard(self, device: InputDevice, keymap_from_client: bool) -> None:
         keyboard = device.keyboard
         if not keymap_from_client:  # a virtual keyboard brings its own keymap
-            context = xkbcommon.xkb.Context()
+            context = xkb.Context()
             keyboard.set_keymap(context.keymap_new_from_names())  # XKB_DEFAULT_LAYOUT etc. apply
             keyboard.set_repeat_info(25, 600)
-        listeners = [Listener(guarded(lambda _l, event: self._key(device, event))),
-                     Listener(guarded(lambda _l, _d: self._modifiers(device))),
-                     Listener(guarded(lambda _l, _d: self._keyboard_gone(device)))]
-        keyboard.key_event.add(listeners[0])
-        keyboard.modifiers_event.add(listeners[1])
-        keyboard.destroy_event.add(listeners[2])
+        listeners = [connect(keyboard.key_event, lambda _l, event: self._key(device, event)),
+                     connect(keyboard.modifiers_event, lambda _l, _d: self._modifiers(device)),
+                     connect(keyboard.destroy_event, lambda _l, _d: self._keyboard_gone(device))]
         self._keyboards.append((device, listeners))
         self.seat.set_keyboard(device)
 

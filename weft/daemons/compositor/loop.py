@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from pywayland.server import EventLoop
+from pywayland.server import EventLoop, Listener
 
 log = logging.getLogger("weft.compositor")
 P = ParamSpec("P")
@@ -51,3 +51,10 @@ class Timer:
 
     def remove(self) -> None:
         self._source.remove()
+
+
+def connect(signal: Any, handler: Callable[[Any, Any], object]) -> Listener:
+    """Listen to a wlroots/pywayland signal with a guarded handler; keep the Listener alive."""
+    listener = Listener(guarded(handler))
+    signal.add(listener)
+    return listener

@@ -6,19 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import pywayland
-import wlroots
 
 
 def resource_pid(resource_ptr: Any) -> int:
     """The pid of the client owning a `struct wl_resource *` (pywayland's or wlroots' cdata)."""
-    address = int(wlroots.ffi.cast("uintptr_t", resource_ptr)) if isinstance(resource_ptr, wlroots.ffi.CData) \
-        else int(pywayland.ffi.cast("uintptr_t", resource_ptr))
-    resource = pywayland.ffi.cast("struct wl_resource *", address)
-    client = pywayland.lib.wl_resource_get_client(resource)
-    pid = pywayland.ffi.new("pid_t *")
-    uid = pywayland.ffi.new("uid_t *")
-    gid = pywayland.ffi.new("gid_t *")
-    pywayland.lib.wl_client_get_credentials(client, pid, uid, gid)
+    # pywayland's and wlroots' cffi modules each type their own pointers: go through the address.
+    wl_ffi: Any = pywayland.ffi
+    wl_lib: Any = pywayland.lib
+    resource = wl_ffi.cast("struct wl_resource *", int(wl_ffi.cast("uintptr_t", resource_ptr)))
+    client = wl_lib.wl_resource_get_client(resource)
+    pid, uid, gid = wl_ffi.new("pid_t *"), wl_ffi.new("uid_t *"), wl_ffi.new("gid_t *")
+    wl_lib.wl_client_get_credentials(client, pid, uid, gid)
     return int(pid[0])
 
 

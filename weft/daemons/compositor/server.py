@@ -30,7 +30,7 @@ from weft.daemons.compositor.frames import FrameTimes
 from weft.daemons.compositor.input import Input
 from weft.daemons.compositor.ipc import AppdServer, bind_listener
 from weft.daemons.compositor.layout import Rect
-from weft.daemons.compositor.loop import guarded
+from weft.daemons.compositor.loop import connect, guarded
 from weft.daemons.compositor.shell_protocol import Role, ShellProtocol
 from weft.daemons.compositor.windows import WindowManager
 from weft.daemons.protocol import (
@@ -79,8 +79,8 @@ class Compositor:
         self.seat = Seat(self.display, "seat0")
         self.xdg_shell = XdgShell(self.display)
         self._decorations()
+        self.socket_name = ""  # set by run(): add_socket comes after the globals
         env = lambda: child_environment(os.environ, self.socket_name)  # noqa: E731 - read at spawn time
-        self.socket_name = ""
         self.shell = ShellSupervisor(self.loop, config.shell, env, self._give_up) if config.shell else None
         self.app_shells = AppShells(self.loop, config.app_shell, env, self._app_shell_exited)
         self.windows = WindowManager(self.loop, self.scene, self.seat, self.role_of_pid, self.output_rect,
@@ -92,11 +92,9 @@ class Compositor:
                            self.shell_protocol.navigation_gesture)
         self._closed_reported: set[int] = set()
         self._closing_by_appd: set[int] = set()
-        self._listeners = [Listener(guarded(self._new_output)), Listener(guarded(self._new_input)),
-                           Listener(guarded(lambda _l, xdg: self.windows.new_surface(xdg)))]
-        self.backend.new_output_event.add(self._listeners[0])
-        self.backend.new_input_event.add(self._listeners[1])
-        self.xdg_shell.new_surface_event.add(self._listeners[2])
+        self._listeners = [connect(self.backend.new_output_event, self._new_output),
+                           connect(self.backend.new_input_event, self._new_input),
+                           connect(self.xdg_shell.new_surface_event, lambda _l, xdg: self.windows.new_surface(xdg))]
         if config.test_input:
             self._enable_test_input()
         self.appd: AppdServer | None = None
@@ -110,9 +108,8 @@ class Compositor:
         kde = ServerDecorationManager.create(self.display)
         kde.set_default_mode(ServerDecorationManagerMode.SERVER)
         xdg = XdgDecorationManagerV1.create(self.display)
-        listener = Listener(guarded(lambda _l, decoration: decoration.set_mode(
-            XdgToplevelDecorationV1Mode.SERVER_SIDE)))
-        xdg.new_toplevel_decoration_event.add(listener)
+        listener = connect(xdg.new_toplevel_decoration_event,
+                           lambda _l, decoration: decoration.set_mode(XdgToplevelDecorationV1Mode.SERVER_SIDE))
         self._globals += [kde, xdg, listener]
 
     def _enable_test_input(self) -> None:
@@ -121,11 +118,10 @@ class Compositor:
         log.warning("--test-input: any client may inject pointer and keyboard input")
         pointers = VirtualPointerManagerV1(self.display)
         keyboards = VirtualKeyboardManagerV1(self.display)
-        on_pointer = Listener(guarded(lambda _l, event: self.input.add_device(event.new_pointer.input_device)))
-        on_keyboard = Listener(guarded(lambda _l, keyboard: self.input.add_device(
-            keyboard.input_device, keymap_from_client=True)))
-        pointers.new_virtual_pointer_event.add(on_pointer)
-        keyboards.new_virtual_keyboard_event.add(on_keyboard)
+        on_pointer = connect(pointers.new_virtual_pointer_event,
+                             lambda _l, event: self.input.add_device(event.new_pointer.input_device))
+        on_keyboard = connect(keyboards.new_virtual_keyboard_event,
+                              lambda _l, device: self.input.add_device(device.input_device, keymap_from_client=True))
         self._globals += [pointers, keyboards, on_pointer, on_keyboard]
 
     # -- outputs ----------------------------------------------------------------------------
@@ -143,8 +139,7 @@ class Compositor:
         output.commit()
         self.layout.add_auto(output)
         scene_output = self.scene.get_scene_output(output)
-        frame = Listener(guarded(lambda _l, _d: self._frame(scene_output)))
-        output.frame_event.add(frame)
+        frame = connect(output.frame_event, lambda _l, _d: self._frame(scene_output))
         self.outputs.append((output, scene_output, [frame]))
         width, height = output.effective_resolution()
         log.info("output %s: %dx%d", output.name, width, height)

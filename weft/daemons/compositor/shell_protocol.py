@@ -95,9 +95,15 @@ class ShellProtocol:
         window = ShellWindow(resource, manager, pid, granted, app_id or "", title or "")
         self.windows.append(window)
         resource.dispatcher["destroy"] = guarded(lambda r: r.destroy())
-        resource.dispatcher["update_metadata"] = guarded(lambda r, t, _role: self._update_metadata(window, t))
+        def update_metadata(_resource: Any, title: str | None, _role: str | None) -> None:
+            self._update_metadata(window, title)
+
+        resource.dispatcher["update_metadata"] = guarded(update_metadata)
         resource.dispatcher["set_geometry"] = guarded(lambda r, *_rect: self._set_geometry(window))
-        resource.dispatcher.destructor = guarded(lambda r: self._forget(window))
+        def forget(_resource: Any) -> None:
+            self._forget(window)
+
+        resource.dispatcher.destructor = guarded(forget)
         if granted is None:
             log.warning("zweft: pid %d may not have a %r window: sent window_closed", pid, role)
             self._close(window)

@@ -18,7 +18,7 @@ from wlroots.wlr_types.scene import Scene, SceneNode
 from wlroots.wlr_types.xdg_shell import XdgSurface, XdgSurfaceRole
 
 from weft.daemons.compositor.layout import Rect, panel_rect, work_area
-from weft.daemons.compositor.loop import Timer, guarded
+from weft.daemons.compositor.loop import Timer, connect
 from weft.daemons.compositor.peers import surface_pid
 from weft.daemons.compositor.shell_protocol import Role, ShellProtocol
 from weft.daemons.compositor.wlr_util import address, keyboard_enter, set_maximized
@@ -105,12 +105,9 @@ class WindowManager:
         node = SceneNode.xdg_surface_create(self._scene.node, xdg)
         view = View(xdg, node, pid, role)
         self._nodes[address(xdg._ptr)] = node
-        on_map, on_unmap, on_destroy = Listener(guarded(lambda _l, _d: self._mapped(view))), Listener(
-            guarded(lambda _l, _d: self._unmapped(view))), Listener(guarded(lambda _l, _d: self._destroyed(view)))
-        xdg.map_event.add(on_map)
-        xdg.unmap_event.add(on_unmap)
-        xdg.destroy_event.add(on_destroy)
-        view.listeners = [on_map, on_unmap, on_destroy]
+        view.listeners = [connect(xdg.map_event, lambda _l, _d: self._mapped(view)),
+                          connect(xdg.unmap_event, lambda _l, _d: self._unmapped(view)),
+                          connect(xdg.destroy_event, lambda _l, _d: self._destroyed(view))]
         if view.is_panel:
             self.panel = view
             node.lower_to_bottom()
@@ -129,8 +126,7 @@ class WindowManager:
         def forget(_l: Any, _d: Any) -> None:
             self._keep = [k for k in self._keep if k is not on_destroy]
 
-        on_destroy = Listener(forget)
-        xdg.destroy_event.add(on_destroy)
+        on_destroy = connect(xdg.destroy_event, forget)
         self._keep.append(on_destroy)
 
     def _new_popup(self, xdg: XdgSurface) -> None:
@@ -153,8 +149,7 @@ class WindowManager:
             self._nodes.pop(key, None)
             self._keep = [k for k in self._keep if k is not on_destroy]
 
-        on_destroy = Listener(forget)
-        xdg.destroy_event.add(on_destroy)
+        on_destroy = connect(xdg.destroy_event, forget)
         self._keep.append(on_destroy)
 
     def _toplevel_view_of(self, xdg: XdgSurface) -> View | None:
