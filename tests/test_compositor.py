@@ -333,3 +333,43 @@ def test_clipboard_from_the_shell_to_an_app(tmp_path: Path) -> None:
             assert pasted[0]["text"] == "copied text"
     finally:
         stop(running)
+
+
+# -- the IPC socket ------------------------------------------------------------------------------
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_bad_ipc_frames_drop_the_connection_and_the_compositor_keeps_serving(desktop: Desktop) -> None:
+    shell_ready(desktop)
+    with desktop.connect_ipc() as sock:  # an unknown type is skipped, the connection stays
+        sock.sendall(encode_frame({"type": "from_the_future", "session_id": 1}))
+        open_app(desktop, sock, 1)
+    for garbage in (b"\x03\x00\x00\x00\xc1\xc1\xc1",  # not msgpack
+                    (5 << 20).to_bytes(4, "little"),  # longer than 4 MiB
+                    encode_frame({"type": "app_surface_created", "session_id": -1}),  # invalid fields
+                    encode_frame([1, 2, 3])):  # not a map
+        with desktop.connect_ipc() as sock:
+            sock.sendall(garbage)
+            assert closed_by_peer(sock)
+    log = desktop.stderr.read_text()
+    assert "Traceback" not in log and log.count("appd connection closed: bad frame") == 4
+    with desktop.connect_ipc() as sock:
+        open_app(desktop, sock, 2)
+
+
+def test_ipc_peer_in_another_cgroup_is_refused(tmp_path: Path) -> None:
+    running = start_desktop(tmp_path, "--appd-cgroup", "/system.slice/weft-appd.service/supervisor")
+    try:
+        with running.connect_ipc() as sock:
+            sock.sendall(encode_frame(AppSurfaceCreated(app_id="org.example.counter", session_id=1, pid=1,
+                                                        token="t")))
+            assert closed_by_peer(sock)
+        assert "refused an IPC connection" in running.stderr.read_text()
+        assert not running.events(running.app_log, "started")
+    finally:
+        stop(running)
