@@ -24,7 +24,7 @@ from weft.daemons.app_shell.session import SessionBridge
 from weft.daemons.protocol import SessionId
 from weft.daemons.webshell import appd_ws
 from weft.daemons.webshell.csp import app_csp
-from weft.errors import UsageError
+from weft.errors import UsageError, WeftError
 from weft.manifest import require_app_id
 
 log = logging.getLogger("weft.app_shell")
@@ -61,7 +61,10 @@ def main_args(argv: Sequence[str]) -> int:
     parser.add_argument("session_id")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    app_id = require_app_id(args.app_id)
+    try:
+        app_id = require_app_id(args.app_id)
+    except WeftError as exc:
+        raise UsageError(str(exc)) from None
     session_id = _session_id(args.session_id)
     token = _read_token()
     appd_dir = settings.appd_client_dir()

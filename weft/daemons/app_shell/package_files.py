@@ -95,10 +95,11 @@ class PackageFiles:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EISDIR, errno.ENAMETOOLONG):
                 return None
             raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:  # a directory, FIFO, device...
+            os.close(fd)
+            return None
         with os.fdopen(fd, "rb") as file:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
-                return None
             body = file.read(MAX_FILE_BYTES + 1)
         if len(body) > MAX_FILE_BYTES:
             return None

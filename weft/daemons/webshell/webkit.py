@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,8 +104,17 @@ class WebPage:
         self.view.load_uri(url)
 
     def run(self) -> None:
+        """Show the window and run until it is closed, `quit()`, or SIGTERM/SIGINT (a clean exit 0)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, self._on_signal, signum)
         self.window.show_all()
         Gtk.main()
+
+    @staticmethod
+    def _on_signal(signum: int) -> bool:
+        log.info("closing: %s", signal.Signals(signum).name)
+        Gtk.main_quit()
+        return False
 
     @staticmethod
     def quit() -> None:
