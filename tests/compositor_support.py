@@ -60,10 +60,21 @@ def _client_new_id_decoder(display: Display, message: Any, c_args: Any) -> list[
     return values
 
 
+_OPEN: list[Client] = []
+
+
+def close_all() -> None:
+    """Disconnect every in-process client: pywayland must destroy proxies before their display,
+    which garbage collection does not promise (the test process crashed at exit)."""
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 class Client:
     def __init__(self, name: str, log: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.display = Display(name)
         self.display.connect()
+        _OPEN.append(self)
         self.events: list[dict[str, Any]] = []
         self._log = log
         self.globals: dict[str, Any] = {}
@@ -78,6 +89,9 @@ class Client:
         self.selection: Any = None
         self.closed = False
         self.size = (0, 0)
+
+    def close(self) -> None:
+        self.display.disconnect()
 
     def record(self, **event: Any) -> None:
         self.events.append(event)

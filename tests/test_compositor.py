@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from compositor_support import Client, virtual_keyboard, virtual_pointer
+from compositor_support import Client, close_all, virtual_keyboard, virtual_pointer
 
 from weft.daemons.protocol import (
     AppFocusRequest,
@@ -151,6 +151,12 @@ def start_desktop(tmp_path: Path, *extra: str, app_args: str = "", shell_args: s
     assert line.startswith("WAYLAND_DISPLAY="), stderr.read_text()
     return Desktop(process, line.strip().split("=", 1)[1], runtime, runtime / "weft" / "compositor.sock",
                    shell_log, app_log, stderr)
+
+
+@pytest.fixture(autouse=True)
+def _disconnect_clients() -> Iterator[None]:
+    yield
+    close_all()
 
 
 @pytest.fixture
