@@ -25,7 +25,8 @@ def build_wheels(repo: Path, dest: Path) -> list[Path]:
     dest.mkdir(parents=True)
     log.info("image: building wheels for weft and its dependencies")
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--requirement", repo / SOURCE_BUILT, "--wheel-dir", dest, repo], env=inherited(*NETWORK_VARIABLES, prefix="PIP_"), timeout=1200)
+         "--requirement", repo / SOURCE_BUILT, "--wheel-dir", dest, repo],
+        env=inherited(*NETWORK_VARIABLES, prefix="PIP_"), timeout=1200)
     wheels = sorted(dest.glob("*.whl"))
     lines = [f"{hashlib.sha256(w.read_bytes()).hexdigest()}  {w.name}\n" for w in wheels]
     (dest / "SHA256SUMS").write_text("".join(lines))
