@@ -7,6 +7,7 @@ compositor offers only with --test-input. The IPC socket is driven as appd would
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -379,3 +380,78 @@ def test_ipc_peer_in_another_cgroup_is_refused(tmp_path: Path) -> None:
         assert not running.events(running.app_log, "started")
     finally:
         stop(running)
+
+
+def pid_gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_losing_appd_closes_its_windows_and_a_new_appd_gets_fresh_app_shells(desktop: Desktop) -> None:
+    shell_ready(desktop)
+    with desktop.connect_ipc() as sock:
+        open_app(desktop, sock, 1)
+        desktop.wait_for_colour(WORK_AREA_POINT, RED, "before-appd-lost")
+    old_pid = desktop.events(desktop.app_log, "started")[0]["pid"]
+    wait_until(lambda: pid_gone(old_pid), what="the old app shell to be gone")
+    desktop.wait_for_colour(WORK_AREA_POINT, BLUE, "after-appd-lost")
+    with desktop.connect_ipc() as sock:  # the restarted appd numbers sessions from 1 again
+        open_app(desktop, sock, 1)
+        started = desktop.events(desktop.app_log, "started")
+        assert len(started) == 2 and started[1]["pid"] != old_pid
+        assert desktop.events(desktop.app_log, "token")[-1]["token"] == "token-1"
+        desktop.wait_for_colour(WORK_AREA_POINT, RED, "new-appd-session-1")
+        sock.settimeout(1)  # the old session's end is not reported to the new appd
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+
+
+def test_a_new_appd_connection_replaces_the_old_one_and_its_windows(desktop: Desktop) -> None:
+    shell_ready(desktop)
+    with desktop.connect_ipc() as first:
+        open_app(desktop, first, 1)
+        old_pid = desktop.events(desktop.app_log, "started")[0]["pid"]
+        with desktop.connect_ipc() as second:
+            assert closed_by_peer(first)
+            wait_until(lambda: pid_gone(old_pid), what="the old app shell to be gone")
+            open_app(desktop, second, 1)
+
+
+# -- the IPC outbox (in process: the server on its own event loop) --------------------------------
+
+def test_ipc_outbox_drains_when_appd_reads_late_and_a_stuck_appd_is_dropped(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from pywayland.server import EventLoop
+
+    from weft.daemons.compositor.ipc import MAX_UNSENT_BYTES, AppdServer, bind_listener
+    from weft.daemons.protocol import SurfaceReady
+
+    loop = EventLoop()
+    lost: list[bool] = []
+    path = tmp_path / "run" / "compositor.sock"
+    server = AppdServer(loop, bind_listener(path), None, lambda _m: None, lambda: lost.append(True))
+    try:
+        appd = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        appd.connect(str(path))
+        wait_until(lambda: loop.dispatch(50) is None and server.connected, what="the connection")
+        frame = encode_frame(SurfaceReady(session_id=1))
+        count = 400_000 // len(frame)  # more than the socket buffer holds, less than the cap
+        for _ in range(count):
+            server.send(SurfaceReady(session_id=1))
+        received = bytearray()
+        appd.setblocking(False)
+        deadline = time.monotonic() + 10
+        while len(received) < count * len(frame) and time.monotonic() < deadline:
+            loop.dispatch(10)  # only the writable watch sends the rest: nothing else happens
+            with contextlib.suppress(BlockingIOError):
+                received += appd.recv(1 << 20)
+        assert len(received) == count * len(frame) and server.connected and not lost
+        for _ in range(MAX_UNSENT_BYTES // len(frame) + 10_000):  # appd stops reading
+            server.send(SurfaceReady(session_id=1))
+            if not server.connected:
+                break
+        assert not server.connected and lost == [True]
+        assert "it left more than" in caplog.text
+        appd.close()
+    finally:
+        server.close()
+        loop.destroy()

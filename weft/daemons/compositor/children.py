@@ -139,6 +139,7 @@ class AppShells:
         self._env = env
         self._exited = exited
         self.by_session: dict[int, AppShell] = {}
+        self._retired: list[AppShell] = []  # of a lost appd connection: terminated, reaped silently
 
     def session_of_pid(self, pid: int) -> int | None:
         for shell in self.by_session.values():
@@ -168,7 +169,23 @@ class AppShells:
         if shell is not None:
             shell.terminate(self._loop)
 
+    def retire(self, session_id: int) -> None:
+        """The session's appd is gone: its app shell loses its role at once (the next appd numbers
+        sessions from 1 again) and gets SIGTERM, SIGKILL after KILL_AFTER_S; its exit is not reported."""
+        shell = self.by_session.pop(session_id, None)
+        if shell is None:
+            return
+        log.info("app shell of session %d (pid %d): its appd connection is gone, terminating it",
+                 session_id, shell.process.pid)
+        shell.terminate(self._loop)
+        self._retired.append(shell)
+
     def reap(self) -> None:
+        for shell in [s for s in self._retired if s.process.poll() is not None]:
+            self._retired.remove(shell)
+            if shell.kill_timer is not None:
+                shell.kill_timer.remove()
+            log.info("retired app shell (pid %d) exited with status %d", shell.process.pid, shell.process.returncode)
         for session_id, shell in list(self.by_session.items()):
             if shell.process.poll() is None:
                 continue
@@ -179,7 +196,7 @@ class AppShells:
             self._exited(session_id)
 
     def stop_all(self) -> None:
-        for shell in self.by_session.values():
+        for shell in [*self.by_session.values(), *self._retired]:
             if shell.process.poll() is None:
                 shell.process.terminate()
 

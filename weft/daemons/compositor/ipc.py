@@ -5,7 +5,9 @@ A peer must have the compositor's uid and, with --appd-cgroup, be in that cgroup
 and shells share appd's uid, and must not be able to open windows for sessions. One appd at a
 time: a new accepted connection replaces the old one. A frame that is not a valid message is
 logged and drops the connection (the stream cannot be trusted after it); an unknown `type`
-from a newer appd is skipped.
+from a newer appd is skipped. What appd has not read waits in an outbox, sent when the socket is
+writable again; an appd that leaves MAX_UNSENT_BYTES unread is disconnected (it is stuck).
+`lost()` is called whenever a connection ends, so the compositor can close its windows.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pywayland import lib as _wl_lib
 from pywayland.server import EventLoop
 
 from weft.daemons.compositor.loop import guarded
@@ -38,7 +41,9 @@ from weft.errors import WeftError
 
 log = logging.getLogger("weft.compositor")
 READABLE = EventLoop.FdMask.WL_EVENT_READABLE
+WRITABLE = EventLoop.FdMask.WL_EVENT_WRITABLE
 MAX_UNSENT_BYTES = 1 << 20  # appd not reading this much: drop it
+wl_lib: Any = _wl_lib  # its stubs lack wl_event_source_fd_update
 
 
 def bind_listener(path: Path) -> socket.socket:
@@ -63,11 +68,12 @@ def bind_listener(path: Path) -> socket.socket:
 
 class AppdServer:
     def __init__(self, loop: EventLoop, listener: socket.socket, appd_cgroup: str | None,
-                 handle: Callable[[ToCompositor], None]) -> None:
+                 handle: Callable[[ToCompositor], None], lost: Callable[[], None]) -> None:
         self._loop = loop
         self._listener = listener
         self._appd_cgroup = appd_cgroup
         self._handle = handle
+        self._lost = lost
         self._peer: socket.socket | None = None
         self._peer_source: Any = None
         self._inbox = bytearray()
@@ -84,21 +90,22 @@ class AppdServer:
             log.debug("appd is not connected: %s not sent", message.model_dump())
             return
         self._outbox += encode_frame(message)
-        if len(self._outbox) > MAX_UNSENT_BYTES:
-            self._drop("it stopped reading")
-            return
         self._flush()
+        if len(self._outbox) > MAX_UNSENT_BYTES:
+            self._drop(f"it left more than {MAX_UNSENT_BYTES} bytes unread")
 
     def _flush(self) -> None:
         while self._peer is not None and self._outbox:
             try:
                 sent = self._peer.send(self._outbox)
             except BlockingIOError:
-                return  # the rest goes when appd reads; it is small and appd reads promptly
+                break
             except OSError as exc:
                 self._drop(f"write failed: {exc.strerror or exc}")
                 return
             del self._outbox[:sent]
+        if self._peer_source is not None:  # writable wakes us only while something waits
+            wl_lib.wl_event_source_fd_update(self._peer_source._ptr, READABLE | WRITABLE if self._outbox else READABLE)
 
     def _refusal(self, peer: socket.socket) -> str | None:
         credentials = peer_credentials(peer)
@@ -126,30 +133,38 @@ class AppdServer:
             self._drop("a new appd connection replaces it")
         peer.setblocking(False)
         self._peer = peer
-        self._peer_source = self._loop.add_fd(peer.fileno(), guarded(self._on_readable), READABLE)
+        self._peer_source = self._loop.add_fd(peer.fileno(), guarded(self._on_ready), READABLE)
         log.info("appd connected")
         return 0
 
-    def _on_readable(self, _fd: int, _mask: int, _data: object) -> int:
+    def _on_ready(self, _fd: int, mask: int, _data: object) -> int:
         if self._peer is None:
             return 0
+        if mask & WRITABLE:
+            self._flush()
+        if mask & READABLE:
+            self._read()
+        return 0
+
+    def _read(self) -> None:
+        if self._peer is None:
+            return
         try:
             chunk = self._peer.recv(65536)
         except BlockingIOError:
-            return 0
+            return
         except OSError as exc:
             self._drop(f"read failed: {exc.strerror or exc}")
-            return 0
+            return
         if not chunk:
             self._drop("appd closed the connection", clean=True)
-            return 0
+            return
         self._inbox += chunk
         try:
             self._dispatch_frames()
         except ProtocolError as exc:
             self._drop(f"bad frame: {exc}")
         self._flush()
-        return 0
 
     def _dispatch_frames(self) -> None:
         while self._peer is not None and len(self._inbox) >= LENGTH.size:
@@ -169,7 +184,7 @@ class AppdServer:
                 continue
             self._handle(message)
 
-    def _drop(self, why: str, clean: bool = False) -> None:
+    def _drop(self, why: str, clean: bool = False, stopping: bool = False) -> None:
         if self._peer is None:
             return
         (log.info if clean else log.warning)("appd connection closed: %s", why)
@@ -180,8 +195,10 @@ class AppdServer:
         self._peer_source = None
         self._inbox.clear()
         self._outbox.clear()
+        if not stopping:
+            self._lost()
 
     def close(self) -> None:
-        self._drop("the compositor is stopping", clean=True)
+        self._drop("the compositor is stopping", clean=True, stopping=True)
         self._accept_source.remove()
         self._listener.close()

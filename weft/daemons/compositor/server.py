@@ -92,6 +92,7 @@ class Compositor:
                            self.shell_protocol.navigation_gesture)
         self._closed_reported: set[int] = set()
         self._closing_by_appd: set[int] = set()
+        self._announced: set[int] = set()  # sessions the current appd connection opened windows for
         self._listeners = [connect(self.backend.new_output_event, self._new_output),
                            connect(self.backend.new_input_event, self._new_input),
                            connect(self.xdg_shell.new_surface_event, lambda _l, xdg: self.windows.new_surface(xdg))]
@@ -178,13 +179,27 @@ class Compositor:
         if isinstance(message, AppSurfaceCreated):
             self._closed_reported.discard(message.session_id)
             self._closing_by_appd.discard(message.session_id)
+            self._announced.add(message.session_id)
             self.app_shells.start(message.app_id, message.session_id, message.token)
         elif isinstance(message, AppSurfaceDestroyed):
+            self._announced.discard(message.session_id)
             self._closing_by_appd.add(message.session_id)
             self.windows.close_session(message.session_id)
             self.app_shells.terminate(message.session_id)
         elif isinstance(message, AppFocusRequest) and not self.windows.focus_session(message.session_id):
             log.info("focus request for session %d, which has no window", message.session_id)
+
+    def _appd_lost(self) -> None:
+        """appd's connection ended (it crashed or restarted): the next appd numbers sessions from 1
+        again and re-announces its live ones, so every window of this connection goes now."""
+        if self._announced:
+            log.info("appd connection lost: closing the windows of sessions %s", sorted(self._announced))
+        for session_id in sorted(self._announced):
+            self.windows.forget_session(session_id)
+            self.app_shells.retire(session_id)
+        self._announced.clear()
+        self._closed_reported.clear()
+        self._closing_by_appd.clear()
 
     def _surface_ready(self, session_id: int) -> None:
         if self.appd is not None:
@@ -231,7 +246,7 @@ class Compositor:
             raise WeftError(f"cannot start the {os.environ.get('WLR_BACKENDS')} backend (see the wlroots "
                             "lines above)") from None
         self.appd = AppdServer(self.loop, bind_listener(self.config.ipc_socket), self.config.appd_cgroup,
-                               guarded(self._from_appd))
+                               guarded(self._from_appd), guarded(self._appd_lost))
         if self.shell is not None:
             self.shell.start()
         sd_notify(f"READY=1\nSTATUS=WAYLAND_DISPLAY={self.socket_name}")

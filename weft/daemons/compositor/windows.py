@@ -21,7 +21,7 @@ from weft.daemons.compositor.layout import Rect, panel_rect, work_area
 from weft.daemons.compositor.loop import Timer, connect
 from weft.daemons.compositor.peers import surface_pid
 from weft.daemons.compositor.shell_protocol import Role, ShellProtocol
-from weft.daemons.compositor.wlr_util import address, keyboard_enter, set_maximized
+from weft.daemons.compositor.wlr_util import address, destroy_scene_node, keyboard_enter, set_maximized
 
 log = logging.getLogger("weft.compositor")
 CLOSE_GRACE_S = 3.0  # after an xdg close, the app shell gets SIGTERM if its window is still there
@@ -135,15 +135,16 @@ class WindowManager:
         parent_node = self._nodes.get(address(parent._ptr))
         if parent_node is None:
             return  # the parent is not shown (a refused client): neither is its popup
+        toplevel = self._toplevel_view_of(parent)
+        if toplevel is None:
+            return  # its window was forgotten (its appd is gone) and its node destroyed
         node = SceneNode.xdg_surface_create(parent_node, xdg)
         key = address(xdg._ptr)
         self._nodes[key] = node
         # keep the popup on the output: a box in its toplevel's coordinates
-        toplevel = self._toplevel_view_of(parent)
         output = self._output_rect()
-        if toplevel is not None:
-            origin = self.rect_for(toplevel.role)
-            popup.unconstrain_from_box(Box(output.x - origin.x, output.y - origin.y, output.width, output.height))
+        origin = self.rect_for(toplevel.role)
+        popup.unconstrain_from_box(Box(output.x - origin.x, output.y - origin.y, output.width, output.height))
 
         def forget(_l: Any, _d: Any) -> None:
             self._nodes.pop(key, None)
@@ -256,6 +257,28 @@ class WindowManager:
             timer = Timer(self._loop, lambda: self._close_overdue(session_id))
             self._close_timers[session_id] = timer
             timer.start(CLOSE_GRACE_S)
+
+    def forget_session(self, session_id: int) -> None:
+        """The session's appd is gone: its window leaves the scene and the stack now (a new session
+        with the same id may come at once) and is asked to close; nothing is reported for it."""
+        timer = self._close_timers.pop(session_id, None)
+        if timer is not None:
+            timer.remove()
+        self._ready_sent.discard(session_id)
+        if self.shell_protocol is not None:
+            self.shell_protocol.close_session(session_id)
+        view = self._app_of(session_id)
+        if view is None:
+            return
+        for listener in view.listeners:
+            listener.remove()
+        self._nodes.pop(address(view.xdg._ptr), None)
+        self.apps = [v for v in self.apps if v is not view]
+        destroy_scene_node(view.node)
+        view.xdg.send_close()
+        if self.focused is view:
+            self.focused = None
+            self.focus(self._next_focus())
 
     def _close_overdue(self, session_id: int) -> None:
         self._close_timers.pop(session_id, None)
