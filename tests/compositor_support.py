@@ -2,10 +2,12 @@
 
 As a script it is the stand-in shell or app shell the compositor spawns:
     compositor_support.py --log FILE --colour RRGGBB [--zweft ROLE] [--set-selection TEXT]
-                          [--print-selection] [--read-token] [--ignore-close] [app_id session_id]
+                          [--print-selection] [--read-token] [--ignore-close] [--frames N]
+                          [app_id session_id]
 It maps one xdg toplevel filled with the colour, logs what it sees as JSON lines in FILE
 (xdg configure, zweft events, keyboard enter, the selection text, the stdin token), and exits
-0 when the compositor asks its toplevel to close (as an app shell does).
+0 when the compositor asks its toplevel to close (as an app shell does). --frames N paces N
+commits without damage on frame callbacks (an animation's clock), then logs `frames_done`.
 """
 from __future__ import annotations
 
@@ -167,6 +169,23 @@ class Client:
         self.surface.damage_buffer(0, 0, width, height)
         self.surface.commit()
 
+    def frame_callbacks(self, count: int, done: Callable[[], None]) -> None:
+        """Commit (no new content) with a frame callback, again on each `done`, `count` times."""
+        def on_done(_callback: Any, _time: int) -> None:
+            self.frames_done += 1
+            if self.frames_done < count:
+                request()
+            else:
+                done()
+
+        def request() -> None:
+            self.frame_callback = self.surface.frame()
+            self.frame_callback.dispatcher["done"] = on_done
+            self.surface.commit()
+
+        self.frames_done = 0
+        request()
+
     # -- zweft ------------------------------------------------------------------------------
     def zweft_window(self, role: str, app_id: str = "org.example.test") -> Any:
         manager = self.bind(zweft().ZweftShellManagerV1, 2)
@@ -248,6 +267,7 @@ def main() -> int:
     parser.add_argument("--print-selection", action="store_true")
     parser.add_argument("--read-token", action="store_true")
     parser.add_argument("--ignore-close", action="store_true")
+    parser.add_argument("--frames", type=int, default=0)
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
 
@@ -267,8 +287,13 @@ def main() -> int:
         client.zweft_window(args.zweft)
     selection_set = False
     selection_read = False
+    frames_started = False
     while True:
         client.dispatch(0.1)
+        if args.frames and client.size != (0, 0) and not frames_started:
+            frames_started = True
+            log({"event": "frames_started"})
+            client.frame_callbacks(args.frames, lambda: log({"event": "frames_done", "count": args.frames}))
         if client.closed and not args.ignore_close:
             return 0
         if args.set_selection and client.keyboard_serial is not None and not selection_set:

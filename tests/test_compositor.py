@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -455,3 +456,37 @@ def test_ipc_outbox_drains_when_appd_reads_late_and_a_stuck_appd_is_dropped(tmp_
     finally:
         server.close()
         loop.destroy()
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def frame_totals(running: Desktop) -> tuple[int, int]:
+    """(rendered, skipped) frames since start, from the SIGUSR1 report."""
+    before = running.stderr.read_text().count("frame time:")
+    running.process.send_signal(signal.SIGUSR1)
+    wait_until(lambda: running.stderr.read_text().count("frame time:") > before, what="the frame time report")
+    line = [line for line in running.stderr.read_text().splitlines() if "frame time:" in line][-1]
+    match = re.search(r"since start (\d+) rendered, (\d+) skipped", line)
+    assert match, line
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_an_idle_desktop_renders_nothing_and_frame_callbacks_still_pace_clients(tmp_path: Path) -> None:
+    running = start_desktop(tmp_path, app_args="--frames 60")
+    try:
+        shell_ready(running)
+        with running.connect_ipc() as sock:
+            open_app(running, sock, 1)
+            # 60 commits without new content, each waiting for its frame callback
+            started = time.monotonic()
+            wait_until(lambda: running.events(running.app_log, "frames_done"), what="60 frame callbacks")
+            assert time.monotonic() - started < 5
+            running.wait_for_colour(WORK_AREA_POINT, RED, "idle")
+            time.sleep(0.5)
+            rendered, skipped = frame_totals(running)
+            time.sleep(2)
+            rendered_after, skipped_after = frame_totals(running)
+        assert rendered_after - rendered <= 1, (rendered, rendered_after)
+        assert skipped_after - skipped > 60  # the headless backend's 60 Hz timer kept ticking
+    finally:
+        stop(running)

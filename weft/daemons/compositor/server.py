@@ -140,15 +140,20 @@ class Compositor:
         output.commit()
         self.layout.add_auto(output)
         scene_output = self.scene.get_scene_output(output)
-        frame = connect(output.frame_event, lambda _l, _d: self._frame(scene_output))
+        frame = connect(output.frame_event, lambda _l, _d: self._frame(output, scene_output))
         self.outputs.append((output, scene_output, [frame]))
         width, height = output.effective_resolution()
         log.info("output %s: %dx%d", output.name, width, height)
         self.windows.relayout()
 
-    def _frame(self, scene_output: SceneOutput) -> None:
-        # The scene damages outputs on every surface commit and cursor move, and damage
-        # schedules the next frame: nothing to redraw means no frame, never a stall.
+    def _frame(self, output: Output, scene_output: SceneOutput) -> None:
+        # wlroots sets needs_frame (and schedules a frame) for everything that needs one: the
+        # scene's damage (new surface content, nodes moved/raised/destroyed, a software cursor
+        # moved), a commit asking for a frame callback, a screencopy. A frame event without it
+        # (the headless backend's free-running 60 Hz timer) renders, commits and sends nothing.
+        if not output._ptr.needs_frame:
+            self.frames.skip()
+            return
         start = time.perf_counter()
         scene_output.commit()
         self.frames.add((time.perf_counter() - start) * 1000)

@@ -6,13 +6,11 @@ from typing import Any
 
 from wlroots import ffi, lib
 
-# pywlroots 0.15 declares no wlr_scene_node_destroy nor wlr_output_schedule_frame: they are
-# called in the libwlroots its module is linked against (already loaded, so the same instance).
+# pywlroots 0.15 declares no wlr_scene_node_destroy: it is called in the libwlroots its module
+# is linked against (already loaded, so the same instance).
 _libwlroots = ctypes.CDLL("libwlroots.so.10")
 _libwlroots.wlr_scene_node_destroy.argtypes = [ctypes.c_void_p]
 _libwlroots.wlr_scene_node_destroy.restype = None
-_libwlroots.wlr_output_schedule_frame.argtypes = [ctypes.c_void_p]
-_libwlroots.wlr_output_schedule_frame.restype = None
 
 
 def address(cdata: Any) -> int:
@@ -23,11 +21,6 @@ def address(cdata: Any) -> int:
 def destroy_scene_node(node: Any) -> None:
     """Remove a node (and its children) from the scene at once."""
     _libwlroots.wlr_scene_node_destroy(address(node._ptr))
-
-
-def schedule_frame(output: Any) -> None:
-    """Ask the output for a frame event soon (no-op while one is pending)."""
-    _libwlroots.wlr_output_schedule_frame(address(output._ptr))
 
 
 def set_maximized(xdg_surface: Any, maximized: bool) -> None:
