@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -65,7 +66,6 @@ class Input:
         self.cursor = Cursor(layout)
         cursor_manager: Any = XCursorManager  # untyped constructor
         self.xcursor = cursor_manager(CURSOR_SIZE)  # $XCURSOR_THEME, else wlroots' built-in arrow
-        self.xcursor.set_cursor_image("left_ptr", self.cursor)
         self.gestures = PointerGesturesV1(display)
         self._gesture: Gesture | None = None
         self._keyboards: list[tuple[Any, list[Listener]]] = []
@@ -85,6 +85,16 @@ class Input:
         ):
             self._listeners.append(connect(signal, handler))
         self._update_capabilities()
+
+    def output_added(self, scale: float) -> None:
+        """wlroots 0.15's xcursor manager shows nothing until a theme is loaded at the output's
+        scale; a missing theme falls back to its built-in arrow (Debian's image ships none)."""
+        theme = os.environ.get("XCURSOR_THEME") or "default"
+        if self.xcursor.load(scale):
+            log.info("cursor: xcursor theme %r at scale %g (wlroots' built-in arrow if not installed)", theme, scale)
+        else:
+            log.warning("cursor: cannot load xcursor theme %r at scale %g: no compositor cursor image", theme, scale)
+        self.xcursor.set_cursor_image("left_ptr", self.cursor)
 
     # -- devices ----------------------------------------------------------------------------
     def add_device(self, device: InputDevice, keymap_from_client: bool = False) -> None:

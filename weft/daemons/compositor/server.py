@@ -144,6 +144,7 @@ class Compositor:
         self.outputs.append((output, scene_output, [frame]))
         width, height = output.effective_resolution()
         log.info("output %s: %dx%d", output.name, width, height)
+        self.input.output_added(output.scale)
         self.windows.relayout()
 
     def _frame(self, output: Output, scene_output: SceneOutput) -> None:
