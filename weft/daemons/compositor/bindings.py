@@ -27,16 +27,19 @@ from pywayland.scanner.protocol import Protocol
 
 PROTOCOL_DIR = Path(__file__).parent / "protocol"
 ZWEFT_XML = PROTOCOL_DIR / "weft-shell-unstable-v1.xml"
-CORE_XML = Path("/usr/share/wayland/wayland.xml")
 GENERATED_PACKAGE = "weft_generated_protocols"
 
 
 def _interfaces_of_pywayland() -> dict[str, str]:
-    """Interface → protocol module for what pywayland ships (wl_surface → wayland, ...)."""
+    """Interface → protocol package for what pywayland ships (wl_surface → wayland, ...): its
+    generated modules are named after their interfaces. (Not from /usr/share/wayland/*.xml,
+    which only the -dev packages install: the image has none.)"""
+    import pywayland.protocol
+
     names: dict[str, str] = {}
-    if CORE_XML.exists():
-        core = Protocol.parse_file(str(CORE_XML))
-        names.update({iface.name: core.name for iface in core.interface})
+    for package in Path(pywayland.protocol.__file__).parent.iterdir():
+        if (package / "__init__.py").is_file():
+            names.update({module.stem: package.name for module in package.glob("*.py") if module.stem != "__init__"})
     return names
 
 
