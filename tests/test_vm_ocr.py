@@ -7,7 +7,7 @@ import cairo
 import pytest
 
 from weft.errors import WeftError
-from weft.vm.ocr import png_size, read_screen
+from weft.vm.ocr import png_size, read_number, read_screen
 
 
 def _draw(path: Path, words: list[tuple[str, int, int]], *, dark: bool) -> Path:
@@ -47,3 +47,27 @@ def test_png_size_reads_the_header_and_refuses_other_files(tmp_path: Path) -> No
     (tmp_path / "b.png").write_bytes(b"GIF89a" + bytes(30))
     with pytest.raises(WeftError, match="not a PNG"):
         png_size(tmp_path / "b.png")
+
+
+def test_white_text_on_a_blue_button_and_a_lone_large_number_are_read(tmp_path: Path) -> None:
+    """WEFT's counter: a 72 px count above white-on-blue buttons on a dark page."""
+    surface = cairo.ImageSurface(cairo.FORMAT_RGB24, 640, 400)
+    ctx = cairo.Context(surface)
+    ctx.set_source_rgb(0.06, 0.07, 0.1)
+    ctx.paint()
+    ctx.set_source_rgb(0.36, 0.54, 0.96)
+    ctx.rectangle(250, 260, 90, 40)
+    ctx.fill()
+    ctx.select_font_face("DejaVu Sans")
+    ctx.set_source_rgb(1, 1, 1)
+    ctx.set_font_size(20)
+    ctx.move_to(262, 288)
+    ctx.show_text("Reset")
+    ctx.set_source_rgb(0.91, 0.93, 0.96)
+    ctx.set_font_size(72)
+    ctx.move_to(275, 220)
+    ctx.show_text("7")
+    png = tmp_path / "counter.png"
+    surface.write_to_png(str(png))
+    assert "Reset" in [w.text for w in read_screen(png).words]
+    assert read_number(png, (150, 120, 450, 250)) == 7

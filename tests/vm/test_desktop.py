@@ -4,7 +4,6 @@ and closing the window (Alt+F4) ends the session. Screenshots go to test-artifac
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from vm_support import AS_WEFT
@@ -14,7 +13,6 @@ from weft.vm.poll import poll
 
 COUNTER = "org.weft.demo.counter"
 UI_TIMEOUT_S = 300  # WebKit under TCG: the shell's first page takes tens of seconds
-NUMBER_LINE = re.compile(r"^\s*(-?\d+)\s*$", re.M)
 
 
 def sessions(machine: Machine) -> list[dict[str, object]]:
@@ -30,11 +28,6 @@ def stop_every_session(machine: Machine) -> None:
     poll(lambda: True if not sessions(machine) else None, what="every session to end", timeout=120)
 
 
-def shown_number(machine: Machine) -> int | None:
-    match = NUMBER_LINE.search(machine.screen_text())
-    return int(match.group(1)) if match else None
-
-
 def test_counter_from_the_launcher_counts_and_closes(machine: Machine, artifacts: Path) -> None:
     machine.wait_for_unit("weft-compositor.service")
     stop_every_session(machine)
@@ -48,13 +41,13 @@ def test_counter_from_the_launcher_counts_and_closes(machine: Machine, artifacts
     poll(lambda: next((s for s in sessions(machine) if s["app_id"] == COUNTER), None),
          what="a Counter session", timeout=120)
     reset = machine.find_word("Reset", timeout=UI_TIMEOUT_S)
-    before = poll(lambda: shown_number(machine), what="the count on the screen", timeout=120, interval=2)
+    # The count is the large number just above the −/Reset/+ row (examples/org.weft.demo.counter/ui).
+    count_box = (reset.left - 200, reset.top - 170, reset.left + reset.width + 200, reset.top - 10)
+    before = poll(lambda: machine.screen_number(count_box), what="the count on the screen", timeout=120, interval=2)
     machine.screenshot(artifacts / "desktop-counter.png")
 
-    # The buttons are "−", "Reset", "+" in a row (examples/org.weft.demo.counter/ui): + is the
-    # 64 px button right after Reset (16 px padding, 2 × 4 px margins).
-    machine.click(reset.left + reset.width + 16 + 8 + 32, reset.center[1])
-    poll(lambda: True if shown_number(machine) == before + 1 else None,
+    machine.click_word(r"\+", timeout=60)
+    poll(lambda: True if machine.screen_number(count_box) == before + 1 else None,
          what=f"the count to go from {before} to {before + 1}", timeout=120, interval=2)
     machine.screenshot(artifacts / "desktop-counter-plus.png")
 

@@ -28,7 +28,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from weft.errors import WeftError
 from weft.proc import spawn
 from weft.vm.console import ConsoleError, ConsoleTimeout, Reply, TestConsole
-from weft.vm.ocr import PNG_MAGIC, Screen, Word, png_size, read_screen
+from weft.vm.ocr import PNG_MAGIC, Screen, Word, png_size, read_number, read_screen
 from weft.vm.poll import poll
 from weft.vm.qemu import Accel, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
 
@@ -386,6 +386,10 @@ class Machine:
         """The text on the guest's screen now, read by OCR."""
         return self._screen()[1].text
 
+    def screen_number(self, box: tuple[int, int, int, int]) -> int | None:
+        """The integer shown alone in `box` (left, top, right, bottom) of the screen now, or None."""
+        return read_number(self.screenshot(self.workdir / f"{self.name}-screen.png"), box)
+
     def wait_for_text(self, regex: str, timeout: float = 120) -> Screen:
         """Wait until OCR reads text matching `regex` (case-insensitive) on the screen."""
         pattern = re.compile(regex, re.IGNORECASE)
@@ -405,7 +409,7 @@ class Machine:
     def find_word(self, regex: str, timeout: float = 120) -> Word:
         """Wait until a word matching `regex` (whole word, case-insensitive) is on the screen."""
         pattern = re.compile(regex, re.IGNORECASE)
-        screen = self.wait_for_text(rf"\b(?:{regex})\b", timeout)
+        screen = self.wait_for_text(rf"(?<!\S)(?:{regex})(?!\S)", timeout)
         for word in screen.words:
             if pattern.fullmatch(word.text.strip(".,:;!?")):
                 return word
