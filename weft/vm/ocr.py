@@ -19,6 +19,8 @@ OCR_TIMEOUT_S = 60
 # A dark UI (WEFT's) has light text on dark and coloured backgrounds (white on a blue button):
 # Tesseract reads black text on white best, so light pixels become black and the rest white.
 LIGHT_TEXT_THRESHOLD = 180
+# Tesseract page segmentation modes for a lone number: a block, a line, a character.
+NUMBER_PAGE_MODES = ("6", "7", "10")
 SCALE = 2  # Tesseract wants glyphs taller than ~20 px; UI text is 13-20 px
 
 
@@ -98,13 +100,17 @@ def _words(tsv: str, scale: int) -> list[Word]:
 
 def read_number(png: Path, box: tuple[int, int, int, int]) -> int | None:
     """The integer shown alone in `box` (left, top, right, bottom) of `png`, or None. Sparse-text
-    OCR drops a lone large digit; read as one word, digits only, it is reliable."""
+    OCR drops a lone large digit; read as a block, a line or a character, digits only, it is
+    found (which of those works varies with the digit and the box, so each is tried)."""
     tesseract = find_tool("tesseract", "install tesseract-ocr (bash ci/setup.sh)")
     with tempfile.TemporaryDirectory(prefix="weft-ocr-") as tmp:
         with Image.open(png) as image:
             image.crop(box).save(Path(tmp) / "box.png")
         prepared = _prepared(Path(tmp) / "box.png", Path(tmp) / "ocr.png")
-        result = run([tesseract, prepared, "-", "--psm", "8", "-c", "tessedit_char_whitelist=-0123456789"],
-                     timeout=OCR_TIMEOUT_S)
-    text = result.stdout.decode(errors="replace").strip()
-    return int(text) if text.lstrip("-").isdigit() else None
+        for page_mode in NUMBER_PAGE_MODES:
+            result = run([tesseract, prepared, "-", "--psm", page_mode, "-c", "tessedit_char_whitelist=-0123456789"],
+                         timeout=OCR_TIMEOUT_S)
+            text = result.stdout.decode(errors="replace").strip()
+            if text.lstrip("-").isdigit():
+                return int(text)
+    return None

@@ -195,13 +195,18 @@ class WindowManager:
             self.focus(self._next_focus())
 
     def _session_window_gone(self, session_id: int) -> None:
+        self._clear_session(session_id)
+        self._window_closed(session_id)
+
+    def _clear_session(self, session_id: int) -> None:
+        """Forget what is pending for the session's window: its close timer, its surface_ready,
+        its zweft window (told window_closed)."""
         timer = self._close_timers.pop(session_id, None)
         if timer is not None:
             timer.remove()
         self._ready_sent.discard(session_id)
         if self.shell_protocol is not None:
             self.shell_protocol.close_session(session_id)
-        self._window_closed(session_id)
 
     def _next_focus(self) -> View | None:
         mapped_apps = [v for v in self.apps if v.mapped]
@@ -261,12 +266,7 @@ class WindowManager:
     def forget_session(self, session_id: int) -> None:
         """The session's appd is gone: its window leaves the scene and the stack now (a new session
         with the same id may come at once) and is asked to close; nothing is reported for it."""
-        timer = self._close_timers.pop(session_id, None)
-        if timer is not None:
-            timer.remove()
-        self._ready_sent.discard(session_id)
-        if self.shell_protocol is not None:
-            self.shell_protocol.close_session(session_id)
+        self._clear_session(session_id)
         view = self._app_of(session_id)
         if view is None:
             return
