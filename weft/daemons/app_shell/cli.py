@@ -123,13 +123,8 @@ def main_args(argv: Sequence[str]) -> int:
                          connected=lambda: later(connected),
                          disconnected=lambda reason: later(lambda: disconnected(reason)),
                          refused=refused))
-    page.load(f"{files.origin}/{files.entry}")
-    socket.start()
     log.info("showing %s/%s from %s", files.origin, files.entry, files.root)
-    try:
-        page.run()
-    finally:
-        socket.stop()
+    page.show(f"{files.origin}/{files.entry}", socket)
     return 0
 
 

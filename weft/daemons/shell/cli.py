@@ -58,13 +58,8 @@ def main_args(argv: Sequence[str]) -> int:
         disconnected=lambda reason: later(lambda: desk.appd_disconnected(reason)),
         refused=lambda status: False))  # the boot token may be renewed (a new boot of appd): keep trying
     page.every(INSTALLED_REFRESH_S, desk.refresh_installed)
-    page.load(assets_server.ORIGIN + "/")
-    socket.start()
     log.info("showing %s/ (weft-appd's directory: %s)", assets_server.ORIGIN, appd_dir)
-    try:
-        page.run()
-    finally:
-        socket.stop()
+    page.show(assets_server.ORIGIN + "/", socket)
     return 0
 
 

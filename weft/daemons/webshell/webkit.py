@@ -18,7 +18,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gi  # type: ignore[import-untyped]  # PyGObject ships no type stubs
 
@@ -65,6 +65,15 @@ def _harden(settings: Any) -> None:
     settings.set_enable_write_console_messages_to_stdout(True)  # page errors land in the journal
 
 
+
+class Connection(Protocol):
+    """What a page keeps open while it is shown (its WebSocket to appd)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class WebPage:
     """One window, one web view, one scheme. Call `run()` to enter GTK's main loop."""
 
@@ -102,6 +111,15 @@ class WebPage:
 
     def load(self, url: str) -> None:
         self.view.load_uri(url)
+
+    def show(self, url: str, connection: Connection) -> None:
+        """Load `url` and run until the window goes (see `run`), with `connection` open meanwhile."""
+        self.load(url)
+        connection.start()
+        try:
+            self.run()
+        finally:
+            connection.stop()
 
     def run(self) -> None:
         """Show the window and run until it is closed, `quit()`, or SIGTERM/SIGINT (a clean exit 0)."""
