@@ -8,6 +8,7 @@ compositor offers only with --test-input. The IPC socket is driven as appd would
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -77,7 +78,7 @@ class Desktop:
     stderr: Path
 
     @property
-    def socket(self) -> str:
+    def wayland_socket(self) -> str:
         return str(self.runtime / self.display)
 
     def env(self) -> dict[str, str]:
@@ -220,7 +221,7 @@ def test_panel_covers_the_output_and_an_app_gets_the_work_area(desktop: Desktop)
 
 def test_a_stranger_is_never_mapped_and_cannot_be_panel_or_application(desktop: Desktop) -> None:
     shell_ready(desktop)
-    stranger = Client(desktop.socket)
+    stranger = Client(desktop.wayland_socket)
     stranger.toplevel(0x00FF00)
     panel = stranger.zweft_window("panel")
     stranger.wait_for(lambda: any(e["event"] == "window_closed" for e in stranger.events), what="window_closed")
@@ -246,7 +247,7 @@ class Input:
     """Clicks and keys through the virtual pointer/keyboard protocols (--test-input)."""
 
     def __init__(self, display: str) -> None:
-        import xkbcommon.xkb
+        xkbcommon_xkb: Any = importlib.import_module("xkbcommon.xkb")  # untyped
 
         self.client = Client(display)
         from pywayland.protocol.wayland import WlSeat
@@ -255,7 +256,7 @@ class Input:
         self.pointer = self.client.bind(virtual_pointer().ZwlrVirtualPointerManagerV1).create_virtual_pointer(seat)
         self.keyboard = self.client.bind(virtual_keyboard().ZwpVirtualKeyboardManagerV1).create_virtual_keyboard(
             seat)
-        keymap = xkbcommon.xkb.Context().keymap_new_from_names().get_as_bytes()
+        keymap = xkbcommon_xkb.Context().keymap_new_from_names().get_as_bytes()
         fd = os.memfd_create("keymap")
         os.write(fd, keymap)
         self.keyboard.keymap(1, fd, len(keymap))
@@ -289,7 +290,7 @@ def test_click_focuses_alt_tab_switches_and_focus_request_raises(desktop: Deskto
         open_app(desktop, sock, 1)
         open_app(desktop, sock, 2)
         desktop.wait_for_colour(WORK_AREA_POINT, GREEN, "two-apps")  # the newest app is on top
-        keys = Input(desktop.socket)
+        keys = Input(desktop.wayland_socket)
         keys.alt(KEY_TAB)
         desktop.wait_for_colour(WORK_AREA_POINT, RED, "after-alt-tab")
         send(sock, AppFocusRequest(session_id=2))
@@ -310,7 +311,7 @@ def test_alt_f4_closes_the_focused_app_and_appd_hears_window_closed(desktop: Des
     shell_ready(desktop)
     with desktop.connect_ipc() as sock:
         open_app(desktop, sock, 3)
-        Input(desktop.socket).alt(KEY_F4)
+        Input(desktop.wayland_socket).alt(KEY_F4)
         assert receive(sock) == {"type": "window_closed", "session_id": 3}
         assert desktop.events(desktop.app_log, "close_requested")
         desktop.wait_for_colour(WORK_AREA_POINT, BLUE, "after-alt-f4")
@@ -335,7 +336,7 @@ def test_clipboard_from_the_shell_to_an_app(tmp_path: Path) -> None:
     running = start_desktop(tmp_path, app_args="--print-selection", shell_args="--set-selection 'copied text'")
     try:
         shell_ready(running)
-        Input(running.socket)  # a keyboard: focus comes with a keyboard serial, which a copy needs
+        Input(running.wayland_socket)  # a keyboard: focus comes with a keyboard serial, which a copy needs
         wait_until(lambda: running.events(running.shell_log, "selection_set"), what="the shell's copy")
         with running.connect_ipc() as sock:
             open_app(running, sock, 1)
