@@ -167,7 +167,9 @@ def hold(machine: Machine, app_id: str) -> Callable[[], None]:
 
     def release() -> None:
         machine.succeed(f"touch /tmp/release-{app_id}")
-        machine.succeed(f"timeout 60 sh -c 'while pgrep -f \"{CLIENT} hold {app_id}\" >/dev/null; do sleep 0.2; done'",
+        # "[/]tmp/…": the pattern must not match the waiting shell's own command line.
+        pattern = f"[{CLIENT[0]}]{CLIENT[1:]} hold {app_id}"
+        machine.succeed(f"timeout 60 sh -c 'while pgrep -f \"{pattern}\" >/dev/null; do sleep 0.2; done'",
                         timeout=90)
 
     return release

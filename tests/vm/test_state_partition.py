@@ -8,8 +8,10 @@ from pathlib import Path
 
 from weft.image.gpt import read_partitions
 from weft.vm.machine import Machine
+from weft.vm.qemu import DISK_SIZE
 
 GIB = 1 << 30
+DISK_SIZE_GIB = int(DISK_SIZE.removesuffix("G"))
 
 
 def _state_partition(machine: Machine) -> dict:
@@ -25,13 +27,14 @@ def test_built_image_has_no_state_partition(test_image: Path) -> None:
     assert "weft-state" not in [p.label for p in read_partitions(test_image)]
 
 
-def test_state_partition_created_on_first_boot_and_mounted_on_var(machine: Machine) -> None:
+def test_state_partition_created_on_first_boot_and_mounted_on_var(machine: Machine, test_image: Path) -> None:
     state = _state_partition(machine)
     assert state["fstype"] == "ext4"
     assert state["mountpoint"] == "/var"
-    # The virtual disk is 4 GiB and the image ~0.7 GiB: repart gave the rest to /var.
-    assert state["size"] > 3 * GIB
-    assert int(machine.succeed("df --output=size -B1 /var | tail -1")) > 3 * GIB - (256 << 20)
+    # repart gave /var the rest of the virtual disk (DISK_SIZE) after the image's partitions.
+    rest = DISK_SIZE_GIB * GIB - test_image.stat().st_size
+    assert rest - (16 << 20) <= state["size"] <= rest
+    assert int(machine.succeed("df --output=size -B1 /var | tail -1")) > rest - (256 << 20)
     machine.succeed("touch /var/lib/weft/write-test && rm /var/lib/weft/write-test")
 
 
