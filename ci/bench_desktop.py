@@ -94,6 +94,7 @@ class LogWatch:
 
 
 def _descendants(pid: int) -> list[int]:
+    """`pid` first, then every process below it."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -136,12 +137,16 @@ async def _until(ws: ClientConnection, predicate: Any) -> dict[str, Any]:
             return message
 
 
-async def _launch(ws: ClientConnection) -> tuple[int, float]:
+async def _launch(ws: ClientConnection, launched: set[int]) -> tuple[int, float]:
+    """A control connection gets LAUNCH_ACK twice (reply and broadcast): the ack of this launch
+    is the first one naming a session not seen before."""
     started = time.monotonic()
     await ws.send(json.dumps({"type": "LAUNCH_APP", "app_id": COUNTER}))
-    ack = await _until(ws, lambda m: m["type"] in ("LAUNCH_ACK", "ERROR"))
+    ack = await _until(ws, lambda m: m["type"] == "ERROR"
+                       or (m["type"] == "LAUNCH_ACK" and m["session_id"] not in launched))
     if ack["type"] == "ERROR":
         raise SystemExit(f"error: launch failed: {ack['message']}")
+    launched.add(int(ack["session_id"]))
     return int(ack["session_id"]), started
 
 
@@ -154,10 +159,11 @@ async def _terminate(ws: ClientConnection, sid: int) -> None:
 async def _host_measure(url: str, appd_log: LogWatch, compositor: subprocess.Popen[bytes], comp_log: LogWatch,
                         launches: int) -> dict[str, Any]:
     async with connect(url) as control:
+        launched: set[int] = set()
         times: list[float] = []
         for round_number in range(launches + 1):
             await asyncio.sleep(1.0)  # the pool's standby runtime, as between clicks
-            sid, started = await _launch(control)
+            sid, started = await _launch(control, launched)
             mapped_at, _ = await asyncio.to_thread(
                 appd_log.wait_for, re.compile(rf"session {sid}: window mapped"), 120, started)
             if round_number > 0:  # the first launch warms the compile cache and WebKit's files
@@ -165,12 +171,18 @@ async def _host_measure(url: str, appd_log: LogWatch, compositor: subprocess.Pop
             progress(f"launch {round_number}: mapped after {(mapped_at - started) * 1000:.0f} ms")
             if round_number < launches:
                 await _terminate(control, sid)
-        # `sid` stays open: one app shell for the RSS figure.
-        app_shells = [p for p in _descendants(compositor.pid) if "weft-app-shell" in _cmdline(p)
-                      or "weft.daemons.app_shell" in _cmdline(p)]
+        # `sid` stays open: one app shell for the RSS figure (the closed sessions' shells may
+        # still be on their way out: their windows got xdg close, then SIGTERM after 3 s).
+        def app_shell_pids() -> list[int]:
+            return [p for p in _descendants(compositor.pid)[1:] if "weft-app-shell" in _cmdline(p)
+                    or "weft.daemons.app_shell" in _cmdline(p)]
+
+        deadline = time.monotonic() + 15
+        while len(app_shells := app_shell_pids()) != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
         if len(app_shells) != 1:
-            raise SystemExit(f"error: expected one app shell process, found {app_shells}")
-        shells = [p for p in _descendants(compositor.pid) if "weft-shell" in _cmdline(p)
+            raise SystemExit(f"error: expected one app shell process, found {[_cmdline(p) for p in app_shells]}")
+        shells = [p for p in _descendants(compositor.pid)[1:] if "weft-shell" in _cmdline(p)
                   or "weft.daemons.shell" in _cmdline(p)]
         if len(shells) != 1:
             raise SystemExit(f"error: expected one shell process, found {shells}")
@@ -182,7 +194,7 @@ async def _host_measure(url: str, appd_log: LogWatch, compositor: subprocess.Pop
         # Five windows, the top one repainting.
         open_sessions = [sid]
         for _ in range(4):
-            new_sid, started = await _launch(control)
+            new_sid, started = await _launch(control, launched)
             await asyncio.to_thread(appd_log.wait_for, re.compile(rf"session {new_sid}: window mapped"), 120, started)
             open_sessions.append(new_sid)
         await control.send(json.dumps({"type": "QUERY_SESSION_TOKEN", "session_id": open_sessions[-1]}))
