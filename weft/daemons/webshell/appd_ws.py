@@ -34,26 +34,27 @@ _FRAMES_LOG = logging.getLogger("weft.webshell.websocket")
 _FRAMES_LOG.setLevel(logging.INFO)
 
 
-def read_port(appd_dir: Path) -> int:
+def _read(appd_dir: Path, name: str) -> str:
+    """`name` from appd's runtime directory, stripped ("" if absent), read without following links."""
     directory = RuntimeDir.open(appd_dir, create=False)
     try:
-        text = directory.read_private("appd.wsport")
+        return (directory.read_private(name) or "").strip()
     finally:
         directory.close()
-    if text is None or not text.strip().isdigit():
+
+
+def read_port(appd_dir: Path) -> int:
+    text = _read(appd_dir, "appd.wsport")
+    if not text.isdigit():
         raise WeftError(f"weft-appd has not written its WebSocket port in {appd_dir} (is it running?)")
-    return int(text.strip())
+    return int(text)
 
 
 def read_boot_token(appd_dir: Path) -> str:
-    directory = RuntimeDir.open(appd_dir, create=False)
-    try:
-        text = directory.read_private("appd.token")
-    finally:
-        directory.close()
-    if not text or not text.strip():
+    text = _read(appd_dir, "appd.token")
+    if not text:
         raise WeftError(f"no usable boot token in {appd_dir}/appd.token (is weft-appd running?)")
-    return text.strip()
+    return text
 
 
 @dataclass(frozen=True)
