@@ -48,10 +48,42 @@ def _cmd_image_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_genkey(args: argparse.Namespace) -> int:
-    from weft.image.apps import generate_release_key
+    from weft.image.apps import generate_release_key, release_key_path
+    from weft.image.update_keys import generate_release_update_key, release_key_paths
 
-    private, public = generate_release_key(_repo_root())
-    print(f"release signing key: {private}\npublic key (what the image trusts): {public}")
+    repo = _repo_root()
+    made = False
+    # Each key that is missing is made; one that exists is never touched.
+    if not release_key_path(repo).exists():
+        private, public = generate_release_key(repo)
+        print(f"release signing key: {private}\npublic key (what the image trusts): {public}")
+        made = True
+    if not release_key_paths(repo)[0].exists():
+        secret, pubring = generate_release_update_key(repo)
+        print(f"update signing key: {secret}\nupdate keyring (what the image trusts for updates): {pubring}")
+        made = True
+    if not made:
+        raise WeftError(f"{release_key_path(repo)} and {release_key_paths(repo)[0]} already exist; "
+                        f"refusing to overwrite a key")
+    return 0
+
+
+def _cmd_image_publish(args: argparse.Namespace) -> int:
+    from weft.image.publish import publish
+    from weft.image.update_keys import update_key_for
+
+    repo = _repo_root()
+    build_dir = args.build_dir or profiles.output_dir(repo, args.profile)
+    if not build_dir.is_dir():  # before update_key_for, which may make a release key
+        hint = "" if args.build_dir else (f"; build the image with `weft image build --profile {args.profile}` "
+                                          f"or pass --build-dir DIR")
+        raise WeftError(f"build directory {build_dir} does not exist{hint}")
+    secret, pubring = update_key_for(repo, args.profile)
+    result = publish(build_dir, args.dest, secret, pubring)
+    log.info("publish: %s version %s: %d files, %.1f MiB (%d copied now) in %s", result.image_id, result.version,
+             len(result.files), result.bytes / (1 << 20), len(result.copied), result.dest)
+    for name in result.files:
+        print(result.dest / name)
     return 0
 
 
@@ -93,7 +125,7 @@ def build_parser() -> ArgumentParser:
     top = parser.add_subparsers(dest="group", required=True, metavar="{image,vm}")
 
     image = top.add_parser("image", help="build, audit or flash the OS image")
-    image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,genkey,audit,flash}")
+    image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,genkey,publish,audit,flash}")
     build = image_cmds.add_parser("build", help="build the disk image with mkosi (incremental)")
     build.add_argument("--profile", default="default", choices=profiles.profiles(_repo_root()),
                        help="`test` adds a root shell on the virtio console for VM tests")
@@ -101,9 +133,20 @@ def build_parser() -> ArgumentParser:
     build.add_argument("--clean", action="store_true",
                        help="drop mkosi's incremental cache and tools tree first")
     build.set_defaults(func=_cmd_image_build)
-    genkey = image_cmds.add_parser("genkey", help="make keys/weft-release.key (+ .pub), the key that signs the "
-                                   "apps the default image ships (build makes it if missing)")
+    genkey = image_cmds.add_parser("genkey", help="make the missing ones of keys/weft-release.key (+ .pub), the key "
+                                   "that signs the apps the default image ships, and keys/weft-update.sec.asc "
+                                   "(+ .pubring.gpg), the key that signs its updates (build makes them if missing)")
     genkey.set_defaults(func=_cmd_image_genkey)
+    publish = image_cmds.add_parser("publish", help="add the built image's update artefacts (UKI, root, verity) to "
+                                    "a systemd-sysupdate source directory and sign its SHA256SUMS")
+    publish.add_argument("--profile", default="default", choices=profiles.profiles(_repo_root()),
+                         help="whose build and update key: `test` signs with the committed test key, the others "
+                         "with keys/weft-update.sec.asc (made if missing)")
+    publish.add_argument("--build-dir", type=Path, metavar="DIR",
+                         help="the build's output directory (default: mkosi.output/PROFILE)")
+    publish.add_argument("dest", type=Path, metavar="DEST",
+                         help="the update source directory (made if missing); versions already there are kept")
+    publish.set_defaults(func=_cmd_image_publish)
     audit = image_cmds.add_parser("audit", help="check every ELF and setuid file in the image root")
     audit.add_argument("image", type=Path, help="disk image (.raw)")
     audit.add_argument("--report", type=Path, help="write the JSON report here instead of stdout")
