@@ -1,13 +1,16 @@
 """The VM harness without a VM: the console framing (against a real bash, through a tty-like
-byte stream), the QEMU command line, the poll helper, and Machine's waits against a scripted
-guest."""
+byte stream), the QEMU command line (with and without Secure Boot), the UEFI variable store,
+the poll helper, Machine's waits against a scripted guest, and Machine's start, reboots and
+serial marks against a stand-in QEMU process (tests/fake_qemu.py)."""
 from __future__ import annotations
 
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from weft.cli import build_parser
 from weft.errors import WeftError
 from weft.proc import spawn
+from weft.vm import qemu
 from weft.vm.console import (
     BEGIN,
     END,
+    ConsoleClosed,
     ConsoleError,
     ConsoleTimeout,
     Reply,
@@ -30,7 +36,20 @@ from weft.vm.console import (
 )
 from weft.vm.machine import Machine, MachineError
 from weft.vm.poll import WaitTimeout, poll
-from weft.vm.qemu import OVMF_CODE, VmConfig, create_overlay, option_value, qemu_argv
+from weft.vm.qemu import (
+    OVMF_CODE,
+    OVMF_SECBOOT_CODE,
+    OVMF_VARS,
+    VmConfig,
+    create_overlay,
+    disk_efi_vars,
+    firmware,
+    option_value,
+    prepare_efi_vars,
+    qemu_argv,
+)
+
+FAKE_QEMU = Path(__file__).parent / "fake_qemu.py"
 
 # -- console framing ---------------------------------------------------------------------
 
@@ -129,7 +148,8 @@ def test_too_long_a_command_is_refused() -> None:
 
 class FakeGuest:
     """A Unix socket server standing in for QEMU's test-console chardev: each received line runs
-    in bash, and the answer goes back tty-style in small chunks."""
+    in bash, and the answer goes back tty-style in small chunks. With `close_after_line`, the
+    first connection is closed on its first line; later ones are served."""
 
     def __init__(self, path: Path, *, answer: bool = True, close_after_line: bool = False):
         self.path = path
@@ -142,7 +162,14 @@ class FakeGuest:
         self.thread.start()
 
     def _serve(self) -> None:
-        conn, _ = self.server.accept()
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            self._serve_one(conn)
+
+    def _serve_one(self, conn: socket.socket) -> None:
         with conn:
             buffer = b""
             while chunk := conn.recv(4096):
@@ -150,6 +177,7 @@ class FakeGuest:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if self.close_after_line:
+                        self.close_after_line = False
                         return
                     if self.answer:
                         data = _guest_bytes(line.decode())
@@ -192,13 +220,17 @@ def test_console_times_out_when_the_guest_does_not_answer(short_dir: Path) -> No
     guest.close()
 
 
-def test_console_reports_a_closed_connection(short_dir: Path) -> None:
+def test_console_reports_a_closed_connection_and_connects_again(short_dir: Path) -> None:
     guest = FakeGuest(short_dir / "c.sock", close_after_line=True)
     console = TestConsole(guest.path)
     console.connect(timeout=5)
-    with pytest.raises(ConsoleError, match="closed"):
+    with pytest.raises(ConsoleClosed, match="closed"):
         console.execute("true", timeout=10)
+    console.reconnect(timeout=5)
+    assert console.execute("echo again", timeout=10) == Reply(0, "again\n")
     console.close()
+    with pytest.raises(ConsoleClosed, match="not connected"):
+        console.execute("true", timeout=1)
     guest.close()
 
 
@@ -240,6 +272,86 @@ def test_qemu_argv_firmware_and_disk(tmp_path: Path) -> None:
     ]
 
 
+def test_qemu_argv_secure_boot_firmware_smm_and_secure_flash(tmp_path: Path) -> None:
+    argv = qemu_argv(_config(tmp_path, secure_boot=True), binary="qemu")
+    assert _values(argv, "-machine") == ["q35,smm=on"]
+    assert _values(argv, "-drive")[:2] == [
+        f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_SECBOOT_CODE}",
+        f"if=pflash,format=raw,unit=1,file={tmp_path / 'vars.fd'}",
+    ]
+    assert _values(argv, "-global") == ["driver=cfi.pflash01,property=secure,value=on"]
+
+
+def test_qemu_argv_without_secure_boot_has_the_plain_firmware_and_no_smm(tmp_path: Path) -> None:
+    argv = qemu_argv(_config(tmp_path), binary="qemu")
+    assert _values(argv, "-machine") == ["q35"] and _values(argv, "-global") == []
+    assert not any("secboot" in arg for arg in argv)
+
+
+@pytest.mark.parametrize("secure_boot", [False, True])
+def test_qemu_keeps_running_when_the_guest_reboots(tmp_path: Path, secure_boot: bool) -> None:
+    # Enrolling keys, `systemctl reboot` and reboot tests need the VM reset, not QEMU gone.
+    argv = qemu_argv(_config(tmp_path, secure_boot=secure_boot), binary="qemu")
+    assert "-no-reboot" not in argv and "-no-shutdown" not in argv
+
+
+def test_firmware_pair() -> None:
+    assert firmware(False).code == OVMF_CODE and firmware(True).code == OVMF_SECBOOT_CODE
+    # Both start from the empty store: a Secure Boot VM starts in setup mode.
+    assert firmware(False).vars_template == firmware(True).vars_template == OVMF_VARS
+
+
+@pytest.fixture
+def fake_ovmf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Stand-ins for the ovmf package's files; the empty store holds b"EMPTY"."""
+    ovmf = tmp_path / "ovmf"
+    ovmf.mkdir()
+    for name, data in (("code.fd", b"CODE"), ("secboot.fd", b"SECBOOT"), ("vars.fd", b"EMPTY")):
+        (ovmf / name).write_bytes(data)
+    monkeypatch.setattr(qemu, "OVMF_CODE", ovmf / "code.fd")
+    monkeypatch.setattr(qemu, "OVMF_SECBOOT_CODE", ovmf / "secboot.fd")
+    monkeypatch.setattr(qemu, "OVMF_VARS", ovmf / "vars.fd")
+    return ovmf
+
+
+@pytest.mark.parametrize("secure_boot", [False, True])
+def test_efi_vars_are_a_private_copy(tmp_path: Path, fake_ovmf: Path, secure_boot: bool) -> None:
+    copy = prepare_efi_vars(tmp_path / "vars.fd", secure_boot)
+    assert copy.read_bytes() == b"EMPTY"
+    copy.write_bytes(b"ENROLLED")  # the guest writes its own copy only
+    assert (fake_ovmf / "vars.fd").read_bytes() == b"EMPTY"
+
+
+def test_efi_vars_follow_their_disk(tmp_path: Path, fake_ovmf: Path) -> None:
+    store = tmp_path / "m-efivars.fd"
+    assert disk_efi_vars(store, fresh_disk=True, secure_boot=True).read_bytes() == b"EMPTY"
+    store.write_bytes(b"ENROLLED")
+    assert disk_efi_vars(store, fresh_disk=False, secure_boot=True).read_bytes() == b"ENROLLED"
+    assert disk_efi_vars(store, fresh_disk=True, secure_boot=True).read_bytes() == b"EMPTY"
+    store.unlink()
+    assert disk_efi_vars(store, fresh_disk=False, secure_boot=True).read_bytes() == b"EMPTY"
+
+
+def test_missing_secure_boot_firmware_names_the_package(tmp_path: Path, fake_ovmf: Path) -> None:
+    (fake_ovmf / "secboot.fd").unlink()
+    assert prepare_efi_vars(tmp_path / "plain.fd").read_bytes() == b"EMPTY"  # the plain one still works
+    for make in (lambda: prepare_efi_vars(tmp_path / "v.fd", True),
+                 lambda: disk_efi_vars(tmp_path / "plain.fd", fresh_disk=False, secure_boot=True)):
+        with pytest.raises(WeftError, match=r"Secure Boot firmware not found: .*secboot\.fd; "
+                                            r"install the ovmf package \(bash ci/setup\.sh\)"):
+            make()
+    assert not (tmp_path / "v.fd").exists()
+
+
+def test_vm_run_has_a_secure_boot_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["vm", "run", "--help"])
+    assert "boot with UEFI Secure Boot firmware (keys are enrolled from the image on first boot)" in \
+        " ".join(capsys.readouterr().out.split())
+    assert build_parser().parse_args(["vm", "run", "--secure-boot"]).secure_boot is True
+    assert build_parser().parse_args(["vm", "run"]).secure_boot is False
+
+
 def test_qemu_argv_escapes_commas_in_paths(tmp_path: Path) -> None:
     odd = tmp_path / "a,b"
     argv = qemu_argv(_config(odd, test_console=odd / "c.sock"), binary="qemu")
@@ -277,7 +389,7 @@ def test_snapshot_overlay_leaves_the_image_alone(tmp_path: Path) -> None:
     overlay = create_overlay(image, tmp_path / "overlay.qcow2")
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)], capture_output=True,
                                      check=True).stdout)
-    assert info["format"] == "qcow2" and info["virtual-size"] == 4 << 30
+    assert info["format"] == "qcow2" and info["virtual-size"] == int(qemu.DISK_SIZE.removesuffix("G")) << 30
     assert info["backing-filename"] == str(image.resolve()) and info["backing-filename-format"] == "raw"
     assert image.read_bytes() == b"\x01" * 65536
     with pytest.raises(WeftError, match="does not exist"):
@@ -443,3 +555,139 @@ def test_a_machine_that_cannot_start_closes_its_log(tmp_path: Path) -> None:
         pass
     assert "start:" in machine.actions_log.read_text() and machine.log.handlers == []
     assert not os.path.exists(tmp_path / "nostart-disk.qcow2")
+
+
+# -- Machine against a stand-in QEMU (tests/fake_qemu.py) ----------------------------------------
+
+
+@pytest.fixture
+def fake_machine(short_dir: Path, fake_ovmf: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Machine]]:
+    """Machines whose QEMU is fake_qemu.py, given the real command line; `make(*fake_options,
+    **machine_options)`."""
+    options: list[str] = []
+
+    def argv(config: VmConfig) -> list[str]:
+        return [sys.executable, str(FAKE_QEMU), *options, "--", *qemu_argv(config, binary="qemu")]
+
+    monkeypatch.setattr("weft.vm.machine.qemu_argv", argv)
+    image = short_dir / "image.raw"
+    image.write_bytes(b"\0" * 65536)
+    machines: list[Machine] = []
+
+    def make(*fake_options: str, test_console: bool = True, secure_boot: bool = False) -> Machine:
+        options[:] = fake_options
+        machine = Machine(image, short_dir, "tcg", name="fake", test_console=test_console, secure_boot=secure_boot)
+        machine.poll_interval = 0.05
+        machines.append(machine)
+        return machine
+
+    yield make
+    for machine in machines:
+        machine.close()
+
+
+def _guest_reboots_by_itself(machine: Machine) -> None:
+    assert machine._process is not None
+    os.kill(machine._process.pid, signal.SIGUSR1)
+
+
+@pytest.mark.parametrize("drop_console", [False, True], ids=["console-kept", "console-dropped"])
+def test_reboot_waits_for_the_reset_and_the_shell_again(fake_machine: Callable[..., Machine],
+                                                        drop_console: bool) -> None:
+    with fake_machine(*(["--drop-console"] if drop_console else [])) as machine:
+        machine.wait_for_shell(10)
+        assert "Linux version fake (boot 1)" in machine.serial_text()
+        start = machine.reboot(timeout=20)
+        assert machine.succeed("echo back") == "back\n"
+        assert "Linux version fake (boot 2)" in machine.serial_text()
+        assert "boot 1" not in machine.serial_text() and "Restarting system" not in machine.serial_text()
+        assert machine.serial_text() == machine.serial_text(since=start)
+        assert "boot 1)" in machine.serial_text(since=0)  # the whole log is still there
+        with pytest.raises(WaitTimeout):
+            machine.wait_for_console(r"boot 1\)", timeout=0.3)  # a line of the boot before
+        actions = machine.actions_log.read_text()
+        assert "guest reset (guest-reset)" in actions
+        assert ("test console closed; connecting again" in actions) == drop_console
+
+
+def test_guest_initiated_reboot_after_a_mark(fake_machine: Callable[..., Machine]) -> None:
+    with fake_machine() as machine:
+        machine.wait_for_shell(10)
+        mark = machine.serial_mark()
+        _guest_reboots_by_itself(machine)
+        start = machine.wait_for_reboot(20, since=mark)
+        assert start >= mark
+        assert machine.succeed("echo up") == "up\n"
+        machine.wait_for_console(r"Linux version fake \(boot 2\)", timeout=5, since=start)
+        # That reset is spent: the next wait (from the current boot) wants another one.
+        with pytest.raises(WaitTimeout, match="reset"):
+            machine.wait_for_reset(timeout=0.5)
+
+
+def test_a_reset_before_the_mark_does_not_count(fake_machine: Callable[..., Machine]) -> None:
+    with fake_machine() as machine:
+        machine.wait_for_shell(10)
+        _guest_reboots_by_itself(machine)
+        machine.wait_for_console(r"Linux version fake \(boot 2\)", timeout=10)
+        mark = machine.serial_mark()  # after a reset that no wait has taken yet
+        with pytest.raises(WaitTimeout, match="reset"):
+            machine.wait_for_reset(timeout=0.5, since=mark)
+        assert machine.wait_for_reset(timeout=5) <= mark  # it still counts from the boot's start
+
+
+def test_reboot_without_the_shell_returns_where_the_next_boot_starts(fake_machine: Callable[..., Machine]) -> None:
+    with fake_machine("--boot-delay", "1") as machine:
+        machine.wait_for_shell(10)
+        start = machine.reboot(timeout=20, shell=False)
+        machine.wait_for_console(r"Linux version fake \(boot 2\)", timeout=10, since=start)
+        assert "boot 1)" not in machine.serial_text(since=start)
+
+
+def test_a_machine_keeps_its_efi_vars_with_its_disk(fake_machine: Callable[..., Machine], fake_ovmf: Path) -> None:
+    machine = fake_machine(secure_boot=True, test_console=False)
+    efi_vars = machine.config.efi_vars
+    machine.start()
+    cmdline = (machine.workdir / "fake-qemu.cmdline").read_text()
+    assert "q35,smm=on" in cmdline and str(fake_ovmf / "secboot.fd") in cmdline
+    assert efi_vars.read_bytes() == b"EMPTY"  # setup mode
+    efi_vars.write_bytes(b"ENROLLED")  # as systemd-boot does on the first boot
+    _guest_reboots_by_itself(machine)
+    machine.wait_for_reset(timeout=10)
+    assert machine.config.efi_vars == efi_vars and efi_vars.read_bytes() == b"ENROLLED"
+    machine.shutdown(timeout=10)
+    machine.start()  # the same disk: the same variables
+    assert efi_vars.read_bytes() == b"ENROLLED"
+    machine.shutdown(timeout=10)
+    machine.config.disk.unlink()
+    machine.start()  # a fresh disk: fresh variables
+    assert efi_vars.read_bytes() == b"EMPTY"
+    machine.shutdown(timeout=10)
+
+
+def test_a_secure_boot_machine_without_the_firmware_does_not_start(fake_machine: Callable[..., Machine],
+                                                                    fake_ovmf: Path) -> None:
+    (fake_ovmf / "secboot.fd").unlink()
+    machine = fake_machine(secure_boot=True, test_console=False)
+    with pytest.raises(WeftError, match=r"install the ovmf package \(bash ci/setup\.sh\)"), machine:
+        pass
+    assert not machine.running
+
+
+def test_vm_run_keeps_the_efi_vars_with_its_kept_disk(tmp_path: Path, fake_ovmf: Path) -> None:
+    from weft.vm.run import _disk_and_vars
+
+    image = tmp_path / "weft.raw"
+    image.write_bytes(b"\0" * 65536)
+    disk, efi_vars = _disk_and_vars(image, tmp_path, snapshot=False, secure_boot=True)
+    assert (disk, efi_vars) == (tmp_path / "weft.raw.vm.qcow2", tmp_path / "weft.raw.vm.efivars.fd")
+    efi_vars.write_bytes(b"ENROLLED")
+    assert _disk_and_vars(image, tmp_path, snapshot=False, secure_boot=True)[1].read_bytes() == b"ENROLLED"
+    os.utime(image, (time.time() + 10, time.time() + 10))  # rebuilt: a fresh disk, fresh variables
+    assert _disk_and_vars(image, tmp_path, snapshot=False, secure_boot=True)[1].read_bytes() == b"EMPTY"
+    efi_vars.write_bytes(b"ENROLLED")
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    assert _disk_and_vars(image, snapshot, snapshot=True, secure_boot=True) == (snapshot / "disk.qcow2",
+                                                                                 snapshot / "efivars.fd")
+    assert (snapshot / "efivars.fd").read_bytes() == b"EMPTY" and efi_vars.read_bytes() == b"ENROLLED"

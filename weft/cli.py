@@ -99,7 +99,8 @@ def _cmd_vm_run(args: argparse.Namespace) -> int:
 
     repo = _repo_root()
     image = args.image or _newest_image(*(profiles.output_dir(repo, p) for p in profiles.profiles(repo)))
-    return run_vm(_existing_file(image), display=args.display, snapshot=args.snapshot)
+    return run_vm(_existing_file(image), display=args.display, snapshot=args.snapshot,
+                  secure_boot=args.secure_boot)
 
 
 def _existing_file(path: Path) -> Path:
@@ -165,6 +166,8 @@ def build_parser() -> ArgumentParser:
                      help="none: serial console on this terminal (default)")
     run.add_argument("--snapshot", action="store_true",
                      help="discard all guest writes (the state partition too) at exit")
+    run.add_argument("--secure-boot", action="store_true",
+                     help="boot with UEFI Secure Boot firmware (keys are enrolled from the image on first boot)")
     run.set_defaults(func=_cmd_vm_run)
     return parser
 

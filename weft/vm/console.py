@@ -36,6 +36,11 @@ class ConsoleTimeout(ConsoleError):
     pass
 
 
+class ConsoleClosed(ConsoleError):
+    """No connection (never made, or the other end closed it); connecting again may work:
+    QEMU's socket chardev accepts a new connection."""
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -104,10 +109,17 @@ class TestConsole:
             self._sock.close()
             self._sock = None
 
+    def reconnect(self, timeout: float) -> None:
+        self.close()
+        self.connect(timeout)
+
     def send_line(self, line: str) -> None:
         if self._sock is None:
-            raise ConsoleError("test console is not connected")
-        self._sock.sendall(line.encode() + b"\n")
+            raise ConsoleClosed("test console is not connected")
+        try:
+            self._sock.sendall(line.encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            raise ConsoleClosed("the test console closed (did QEMU exit?)") from None
 
     def execute(self, command: str, timeout: float) -> Reply:
         """Run `command` with bash in the guest; return its exit status and stdout+stderr."""
@@ -124,12 +136,14 @@ class TestConsole:
 
     def _recv(self, timeout: float) -> bytes:
         if self._sock is None:
-            raise ConsoleError("test console is not connected")
+            raise ConsoleClosed("test console is not connected")
         self._sock.settimeout(timeout)
         try:
             chunk = self._sock.recv(RECV_SIZE)
         except TimeoutError:
             return b""
+        except ConnectionResetError:
+            chunk = b""
         if not chunk:
-            raise ConsoleError("the test console closed (did QEMU exit?)")
+            raise ConsoleClosed("the test console closed (did QEMU exit?)")
         return chunk

@@ -1,7 +1,13 @@
 """A booted WEFT VM, driven like a test reads: wait_for_unit, succeed, fail, wait_until_succeeds,
-wait_for_console, screenshot, send_key, reboot, shutdown. QEMU runs with QMP on a Unix socket,
-the serial console logged to a file and, for test-profile images, the test shell on a virtio
-console (see weft.vm.console).
+wait_for_console, screenshot, send_key, reboot, wait_for_reboot, shutdown. QEMU runs with QMP on
+a Unix socket, the serial console logged to a file and, for test-profile images, the test shell
+on a virtio console (see weft.vm.console).
+
+Reboots: QEMU keeps running when the guest reboots (the VM is reset, disk and UEFI variables
+stay). The harness learns of a reset from QMP's RESET event and notes where in the serial log
+it saw it, so a test can read what the next boot printed: `serial_mark()` before, then
+`wait_for_reset(since=mark)` or `wait_for_reboot(since=mark)`, and `wait_for_console(...,
+since=...)` / `serial_text(since=...)` after.
 
 Use it as a context manager: QEMU is killed on the way out, whatever happened, and the files
 in `workdir` stay: NAME-serial.log, NAME-qemu.cmdline, NAME-qemu.stderr and NAME-actions.log,
@@ -27,10 +33,10 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from weft.errors import WeftError
 from weft.proc import spawn
-from weft.vm.console import ConsoleError, ConsoleTimeout, Reply, TestConsole
+from weft.vm.console import ConsoleClosed, ConsoleError, ConsoleTimeout, Reply, TestConsole
 from weft.vm.ocr import PNG_MAGIC, Screen, Word, png_size, read_number, read_screen
-from weft.vm.poll import poll
-from weft.vm.qemu import Accel, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
+from weft.vm.poll import WaitTimeout, poll
+from weft.vm.qemu import Accel, VmConfig, create_overlay, disk_efi_vars, qemu_argv
 
 # QEMU's absolute pointer axes run from 0 to this at the screen's far edge (INPUT_EVENT_ABS_MAX).
 ABS_MAX = 0x7FFF
@@ -48,7 +54,7 @@ class Machine:
     """One QEMU process booting `image` through a private overlay in `workdir`."""
 
     def __init__(self, image: Path, workdir: Path, accel: Accel, *, name: str = "machine",
-                 disk: Path | None = None, test_console: bool = True):
+                 disk: Path | None = None, test_console: bool = True, secure_boot: bool = False):
         self.name = name
         self.image = image
         self.workdir = workdir
@@ -64,6 +70,7 @@ class Machine:
             qmp_socket=workdir / f"{name}-qmp.sock",
             serial=self.serial_log,
             test_console=workdir / f"{name}-console.sock" if test_console else None,
+            secure_boot=secure_boot,
         )
         self.log = logging.getLogger(f"weft.vm.{name}")
         self.log.setLevel(logging.DEBUG)  # the actions log and pytest's capture get everything
@@ -74,6 +81,11 @@ class Machine:
         self._qmp: QEMUMonitorProtocol | None = None
         self._console: TestConsole | None = None
         self._boot_offset = 0
+        # Guest resets seen over QMP, each as the serial log size when it was seen (about
+        # where the next boot's output starts), and for each serial_mark() how many resets
+        # were seen before it: two positions can be equal when the guest printed nothing.
+        self._resets: list[int] = []
+        self._resets_before_mark: dict[int, int] = {0: 0}
         self.started_at = 0.0
 
     # -- life cycle -------------------------------------------------------------------
@@ -100,15 +112,20 @@ class Machine:
         self._log_handler.close()
 
     def start(self) -> None:
-        self.log.info("start: %s (%s)", self.image, self.config.accel)
-        if not self._disk_given and not self.config.disk.exists():
+        self.log.info("start: %s (%s%s)", self.image, self.config.accel,
+                      ", Secure Boot" if self.config.secure_boot else "")
+        # An existing disk is this machine's earlier life: it keeps its variables too (keys
+        # enrolled on the disk's first boot live there); a fresh disk gets fresh variables.
+        fresh_disk = not self._disk_given and not self.config.disk.exists()
+        if fresh_disk:
             create_overlay(self.image, self.config.disk)
-        prepare_efi_vars(self.config.efi_vars)
+        disk_efi_vars(self.config.efi_vars, fresh_disk=fresh_disk, secure_boot=self.config.secure_boot)
         for stale in (self.config.qmp_socket, self.config.test_console):
             if stale is not None:
                 stale.unlink(missing_ok=True)
         self.serial_log.write_bytes(b"")
         self._boot_offset = 0
+        self._resets, self._resets_before_mark = [], {0: 0}
         argv = qemu_argv(self.config)
         (self.workdir / f"{self.name}-qemu.cmdline").write_text(shlex.join(argv) + "\n")
         self.log.info("+ %s", shlex.join(argv))
@@ -187,13 +204,58 @@ class Machine:
                 self._qmp.close()
             self._qmp = None
 
-    def reboot(self, timeout: float) -> None:
-        """Reboot from inside the guest and wait until the test shell answers again."""
+    def reboot(self, timeout: float, *, shell: bool = True) -> int:
+        """Reboot from inside the guest (systemctl reboot) and wait for the reset, then, with
+        `shell`, until the test shell answers again. Returns the serial position where the new
+        boot's output starts (for wait_for_console(since=...)); `shell=False` is for a boot
+        that is expected not to get that far."""
         self.log.info("reboot")
+        mark = self.serial_mark()
+        # Not execute(): the shell is killed on the way down and never replies.
         self._shell().send_line("systemctl reboot")
-        self.wait_for_console(r"reboot: Restarting system", timeout)
-        self._boot_offset = self.serial_log.stat().st_size
-        self.wait_for_shell(timeout)
+        if shell:
+            return self.wait_for_reboot(timeout, since=mark)
+        return self.wait_for_reset(timeout, since=mark)
+
+    def wait_for_reset(self, timeout: float, *, since: int | None = None) -> int:
+        """Wait until the guest resets (reboots) after serial position `since` (a serial_mark();
+        default: the start of the current boot). The reset's position becomes the start of the
+        current boot, and is returned."""
+        since = self._boot_offset if since is None else since
+
+        def reset() -> int | None:
+            self._check_running()
+            first = self._resets_before_mark.get(since)
+            if first is None:  # not a mark: go by position alone
+                first = next((i for i, offset in enumerate(self._resets) if offset > since), len(self._resets))
+            return first if first < len(self._resets) else None
+
+        index = self._poll(reset, what="the guest to reset (reboot)", timeout=timeout, interval=0.5)
+        self._boot_offset = self._resets[index]
+        self._resets_before_mark[self._boot_offset] = index + 1
+        return self._boot_offset
+
+    def wait_for_reboot(self, timeout: float, *, since: int | None = None) -> int:
+        """Wait for a guest-initiated reboot after `since` (see wait_for_reset) and then until
+        the test shell answers again; `timeout` covers both. Returns where the boot's output
+        starts."""
+        deadline = time.monotonic() + timeout
+        offset = self.wait_for_reset(timeout, since=since)
+        self.wait_for_shell(max(1.0, deadline - time.monotonic()))
+        return offset
+
+    def _take_events(self) -> None:
+        """Read the QMP events QEMU has sent and note each guest reset."""
+        if self._qmp is None or not self.running:
+            return
+        # A round trip first: every event QEMU sent before its reply has then been read.
+        self._qmp.cmd("query-status")
+        for event in self._qmp.get_events():
+            if event.get("event") == "RESET":
+                offset = self._serial_size()
+                self._resets.append(offset)
+                self.log.info("guest reset (%s) at serial position %d", event.get("data", {}).get("reason", "?"),
+                              offset)
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -201,7 +263,15 @@ class Machine:
               diagnose: Callable[[], str] | None = None) -> T:
         self.log.info("wait for %s (up to %g s)", what, timeout)
         started = time.monotonic()
-        result = poll(check, what=what, timeout=timeout, interval=self.poll_interval if interval is None else interval,
+
+        def noting_resets() -> T | None:
+            # Every wait notes guest resets as they come, so the serial position noted for
+            # one is near where it happened even when the test waits for something else.
+            self._take_events()
+            return check()
+
+        result = poll(noting_resets, what=what, timeout=timeout,
+                      interval=self.poll_interval if interval is None else interval,
                       diagnose=diagnose or self._serial_diagnostics, logger=self.log)
         self.log.info("done: %s after %.1f s", what, time.monotonic() - started)
         return result
@@ -225,11 +295,25 @@ class Machine:
 
     # -- serial console ----------------------------------------------------------------
 
-    def serial_text(self) -> str:
-        """The serial output of the current boot."""
+    def _serial_size(self) -> int:
+        try:
+            return self.serial_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def serial_mark(self) -> int:
+        """The current end of the serial log: pass it as `since` to read or wait for only what
+        comes after this point (e.g. take it before causing a reboot)."""
+        self._take_events()  # resets noted from here on are after the mark
+        mark = self._serial_size()
+        self._resets_before_mark[mark] = len(self._resets)
+        return mark
+
+    def serial_text(self, since: int | None = None) -> str:
+        """The serial output from position `since` (a serial_mark()); by default, of the current boot."""
         try:
             with open(self.serial_log, "rb") as fh:
-                fh.seek(self._boot_offset)
+                fh.seek(self._boot_offset if since is None else since)
                 return fh.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
@@ -237,12 +321,13 @@ class Machine:
     def serial_tail(self, lines: int = 25) -> str:
         return "\n".join(self.serial_text().splitlines()[-lines:])
 
-    def wait_for_console(self, regex: str, timeout: float) -> re.Match[str]:
-        """Wait until the serial output of the current boot matches `regex`."""
+    def wait_for_console(self, regex: str, timeout: float, *, since: int | None = None) -> re.Match[str]:
+        """Wait until the serial output from `since` (a serial_mark(); by default the current
+        boot's) matches `regex`."""
         pattern = re.compile(regex)
 
         def matched() -> re.Match[str] | None:
-            match = pattern.search(self.serial_text())
+            match = pattern.search(self.serial_text(since))
             if match is None:
                 self._check_running()
             return match
@@ -268,6 +353,13 @@ class Machine:
                 self._shell().execute("true", timeout=min(5.0, max(0.1, deadline - time.monotonic())))
                 return True
             except ConsoleTimeout:
+                return None
+            except ConsoleClosed:
+                # QEMU keeps the console's connection across a guest reset (lines sent while
+                # the guest is down wait in the socket); should it drop all the same, connect again.
+                self.log.info("test console closed; connecting again")
+                with contextlib.suppress(WaitTimeout):  # tried again on the next round
+                    self._shell().reconnect(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
                 return None
 
         self._poll(answers, what="the guest test shell to answer", timeout=timeout, interval=0)

@@ -10,7 +10,7 @@ from pathlib import Path
 from weft import settings
 from weft.proc import inherited, run
 from weft.vm.accel import detect_accel
-from weft.vm.qemu import Display, VmConfig, create_overlay, prepare_efi_vars, qemu_argv
+from weft.vm.qemu import Display, VmConfig, create_overlay, disk_efi_vars, prepare_efi_vars, qemu_argv
 
 log = logging.getLogger("weft.vm")
 # QEMU's own window (--display gtk) needs the desktop session; the serial console, the terminal.
@@ -21,25 +21,40 @@ def accel_cache_file() -> Path:
     return settings.cache_dir() / "accel.json"
 
 
-def _persistent_overlay(image: Path) -> Path:
+def _persistent_overlay(image: Path) -> tuple[Path, bool]:
     """`IMAGE.vm.qcow2` keeps the guest's state partition between runs of the same image;
-    it starts over when the image was rebuilt (its backing data changed)."""
+    it starts over when the image was rebuilt (its backing data changed). Also says whether
+    it is fresh."""
     overlay = image.with_name(image.name + ".vm.qcow2")
     if overlay.is_file() and overlay.stat().st_mtime >= image.stat().st_mtime:
-        return overlay
+        return overlay, False
     if overlay.is_file():
         log.info("vm: %s was rebuilt; starting with a fresh state partition", image.name)
-    return create_overlay(image, overlay)
+    return create_overlay(image, overlay), True
 
 
-def run_vm(image: Path, *, display: Display, snapshot: bool) -> int:
+def _disk_and_vars(image: Path, workdir: Path, *, snapshot: bool, secure_boot: bool) -> tuple[Path, Path]:
+    """The disk and its UEFI variable store, fresh or kept together: the Secure Boot keys
+    enrolled on a disk's first boot live in its variables (`IMAGE.vm.efivars.fd` beside the
+    kept disk)."""
+    if snapshot:
+        return (create_overlay(image, workdir / "disk.qcow2"),
+                prepare_efi_vars(workdir / "efivars.fd", secure_boot))
+    disk, fresh = _persistent_overlay(image)
+    efi_vars = disk_efi_vars(image.with_name(image.name + ".vm.efivars.fd"), fresh_disk=fresh,
+                             secure_boot=secure_boot)
+    return disk, efi_vars
+
+
+def run_vm(image: Path, *, display: Display, snapshot: bool, secure_boot: bool = False) -> int:
     accel = detect_accel(accel_cache_file())
     with tempfile.TemporaryDirectory(prefix="weft-vm-") as tmp:
         workdir = Path(tmp)
-        disk = create_overlay(image, workdir / "disk.qcow2") if snapshot else _persistent_overlay(image)
-        config = VmConfig(disk=disk, efi_vars=prepare_efi_vars(workdir / "efivars.fd"), accel=accel,
-                          qmp_socket=workdir / "qmp.sock", serial="stdio", display=display)
-        log.info("vm: booting %s (%s, %s)", image, accel.upper(), "snapshot" if snapshot else f"state in {disk}")
+        disk, efi_vars = _disk_and_vars(image, workdir, snapshot=snapshot, secure_boot=secure_boot)
+        config = VmConfig(disk=disk, efi_vars=efi_vars, accel=accel, qmp_socket=workdir / "qmp.sock",
+                          serial="stdio", display=display, secure_boot=secure_boot)
+        log.info("vm: booting %s (%s, %s%s)", image, accel.upper(), "snapshot" if snapshot else f"state in {disk}",
+                 ", Secure Boot" if secure_boot else "")
         log.info("vm: QMP socket %s", config.qmp_socket)
         if display == "vnc":
             log.info("vm: display on VNC 127.0.0.1:5900")
