@@ -25,7 +25,8 @@ def _cmd_image_build(args: argparse.Namespace) -> int:
     repo = _repo_root()
     config = BuildConfig(repo=repo, profile=args.profile,
                          out_dir=(args.out or profiles.output_dir(repo, args.profile)).resolve(),
-                         mkosi_cache=default_mkosi_cache(), force_all=args.clean)
+                         mkosi_cache=default_mkosi_cache(), force_all=args.clean,
+                         image_version=args.image_version, extra_trees=tuple(args.extra_tree))
     image = build_image(config)
     print(image)
     return 0
@@ -111,6 +112,13 @@ def _existing_file(path: Path) -> Path:
     return path
 
 
+def _existing_dir(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is not a directory")
+    return path
+
+
 def _newest_image(*dirs: Path) -> Path:
     from weft.errors import UsageError
 
@@ -133,6 +141,10 @@ def build_parser() -> ArgumentParser:
     build.add_argument("--out", type=Path, help="output directory (default: mkosi.output/PROFILE)")
     build.add_argument("--clean", action="store_true",
                        help="drop mkosi's incremental cache and tools tree first")
+    build.add_argument("--image-version", metavar="VERSION",
+                       help="the version this build installs and publishes (default: ImageVersion= of mkosi.conf)")
+    build.add_argument("--extra-tree", type=_existing_dir, action="append", default=[], metavar="DIR",
+                       help="lay the files of DIR over the image (mkosi --extra-tree); may be repeated")
     build.set_defaults(func=_cmd_image_build)
     genkey = image_cmds.add_parser("genkey", help="make the missing ones of keys/weft-release.key (+ .pub), the key "
                                    "that signs the apps the default image ships, and keys/weft-update.sec.asc "
