@@ -40,7 +40,8 @@ log = logging.getLogger("weft.image")
 SUMS = "SHA256SUMS"
 ROOT_TYPE = "root-x86-64"
 VERITY_TYPE = "root-x86-64-verity"
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# systemd-repart's %U writes the UUID as 32 hex digits; the dashed form is accepted as well.
+_UUID = r"(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 # A split partition as systemd-repart names it (SplitName=%t.%U): <image>.<type>.<UUID>.raw
 SPLIT_FILE = re.compile(rf"(?P<stem>.+)\.(?P<type>{ROOT_TYPE}|{VERITY_TYPE})\.(?P<uuid>{_UUID})\.raw")
 # Any version's published artefact in DEST (what SHA256SUMS covers).
@@ -110,7 +111,7 @@ def check_same_build(info: UkiInfo, root: Path, verity: Path) -> None:
     root hash that the UKI's command line carries (first and last 128 bits)."""
     expected = {root: str(uuid.UUID(info.roothash[:32])), verity: str(uuid.UUID(info.roothash[32:]))}
     for path, want in expected.items():
-        if _uuid_of(path) != want:
+        if uuid.UUID(_uuid_of(path)) != uuid.UUID(want):
             raise WeftError(f"{path.name} does not belong to the UKI's build: its UUID should be {want} (from "
                             f"roothash={info.roothash}); the build directory mixes artefacts from different "
                             f"builds, rebuild the image")
