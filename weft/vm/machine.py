@@ -44,6 +44,8 @@ CONNECT_TIMEOUT_S = 30
 QUERY_TIMEOUT_S = 30  # one systemctl query inside a wait
 LOGGED_OUTPUT_CHARS = 4000
 T = TypeVar("T")
+# The kernel's first line about its command line (once per boot).
+KERNEL_ROOTHASH = re.compile(r"\] Command line: .*?\broothash=([0-9a-f]{64})")
 
 
 class MachineError(WeftError):
@@ -54,7 +56,8 @@ class Machine:
     """One QEMU process booting `image` through a private overlay in `workdir`."""
 
     def __init__(self, image: Path, workdir: Path, accel: Accel, *, name: str = "machine",
-                 disk: Path | None = None, test_console: bool = True, secure_boot: bool = False):
+                 disk: Path | None = None, test_console: bool = True, secure_boot: bool = False,
+                 drives: tuple[Path, ...] = ()):
         self.name = name
         self.image = image
         self.workdir = workdir
@@ -71,6 +74,7 @@ class Machine:
             serial=self.serial_log,
             test_console=workdir / f"{name}-console.sock" if test_console else None,
             secure_boot=secure_boot,
+            drives=drives,
         )
         self.log = logging.getLogger(f"weft.vm.{name}")
         self.log.setLevel(logging.DEBUG)  # the actions log and pytest's capture get everything
@@ -335,6 +339,26 @@ class Machine:
         match = self._poll(matched, what=f"console output matching {regex!r}", timeout=timeout, interval=0.5)
         self.log.info("console: %s", match.group(0))
         return match
+
+    def boots_since(self, since: int) -> list[str]:
+        """The root hash of each boot whose kernel started after serial position `since`, in
+        order (the kernel logs its command line, with the UKI's roothash=, first thing)."""
+        return KERNEL_ROOTHASH.findall(self.serial_text(since))
+
+    def wait_for_boots(self, done: Callable[[list[str]], bool], *, since: int, timeout: float) -> list[str]:
+        """Wait until `done(boots_since(since))` holds — e.g. "the last boot was release 2's" —
+        with no input to the guest: for reboots the guest makes by itself. Returns those boots."""
+
+        def reached() -> list[str] | None:
+            boots = self.boots_since(since)
+            if done(boots):
+                return boots
+            self._check_running()
+            return None
+
+        boots = self._poll(reached, what="the expected sequence of boots", timeout=timeout, interval=2.0)
+        self.log.info("boots: %s", ", ".join(b[:12] for b in boots))
+        return boots
 
     # -- test shell --------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ OVMF_SECBOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 # The empty store (no keys): with the secboot code the VM starts in setup mode, where
 # systemd-boot enrolls the image's own keys (loader/keys/auto on the ESP) on the first boot.
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-# The virtual disk is bigger than the image: systemd-repart puts the state partition there.
-DISK_SIZE = "4G"
+# The virtual disk is bigger than the image: systemd-repart grows root slot A and adds slot B and
+# the state partition there (6 GiB: 2 x 1.5 GiB root slots, the ESP, and room for /var).
+DISK_SIZE = "6G"
 
 Display = Literal["none", "gtk", "vnc"]
 Accel = Literal["kvm", "tcg"]
@@ -37,6 +38,8 @@ class VmConfig(BaseModel):
     memory_mb: int = 4096
     cpus: int = 2
     secure_boot: bool = False
+    # Extra raw disks, attached read-only after the system disk (e.g. update media).
+    drives: tuple[Path, ...] = ()
 
 
 class Firmware(BaseModel):
@@ -133,6 +136,8 @@ def qemu_argv(config: VmConfig, binary: str | None = None) -> list[str]:
         "-smp", str(config.cpus),
         *firmware_args(config.efi_vars, config.secure_boot),
         "-drive", f"if=virtio,format=qcow2,file={option_value(config.disk)}",
+        *(arg for drive in config.drives
+          for arg in ("-drive", f"if=virtio,format=raw,readonly=on,file={option_value(drive)}")),
         "-chardev", f"socket,id=qmp,path={option_value(config.qmp_socket)},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
         "-device", "virtio-rng-pci",
