@@ -272,6 +272,15 @@ def test_qemu_argv_firmware_and_disk(tmp_path: Path) -> None:
     ]
 
 
+def test_qemu_argv_extra_drives_are_read_only_raw_disks_after_the_system_disk(tmp_path: Path) -> None:
+    argv = qemu_argv(_config(tmp_path, drives=(tmp_path / "medium-2.img", tmp_path / "a,b.img")), binary="qemu")
+    assert _values(argv, "-drive")[2:] == [
+        f"if=virtio,format=qcow2,file={tmp_path / 'disk.qcow2'}",
+        f"if=virtio,format=raw,readonly=on,file={tmp_path / 'medium-2.img'}",
+        f"if=virtio,format=raw,readonly=on,file={tmp_path / 'a,,b.img'}",
+    ]
+
+
 def test_qemu_argv_secure_boot_firmware_smm_and_secure_flash(tmp_path: Path) -> None:
     argv = qemu_argv(_config(tmp_path, secure_boot=True), binary="qemu")
     assert _values(argv, "-machine") == ["q35,smm=on"]
@@ -691,3 +700,21 @@ def test_vm_run_keeps_the_efi_vars_with_its_kept_disk(tmp_path: Path, fake_ovmf:
     assert _disk_and_vars(image, snapshot, snapshot=True, secure_boot=True) == (snapshot / "disk.qcow2",
                                                                                  snapshot / "efivars.fd")
     assert (snapshot / "efivars.fd").read_bytes() == b"EMPTY" and efi_vars.read_bytes() == b"ENROLLED"
+
+
+def test_boots_since_reads_each_boots_roothash_from_the_kernel_command_line(tmp_path: Path) -> None:
+    machine = Machine(tmp_path / "image.raw", tmp_path, "tcg", name="boots")
+    one, two = "a" * 64, "b" * 64
+    machine.serial_log.write_text(
+        f"[    0.000000] Command line: roothash={one} console=ttyS0\n"
+        f"[    1.2] Kernel command line: roothash={one} console=ttyS0\n"  # the same boot, later
+        "BdsDxe: loading Boot0001\n")
+    mark = machine.serial_mark()
+    with open(machine.serial_log, "a") as log:
+        log.write(f"[    0.000000] Command line: roothash={two} console=ttyS0\n"
+                  f"[    0.000000] Command line: console=ttyS0 roothash={one}\n")
+    try:
+        assert machine.boots_since(0) == [one, two, one]
+        assert machine.boots_since(mark) == [two, one]
+    finally:
+        machine.close()
