@@ -288,13 +288,13 @@ def test_genkey_makes_the_missing_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(weft.cli, "_repo_root", lambda: tmp_path)
     assert weft.cli.main(["image", "genkey"]) == 0
     out = capsys.readouterr().out
-    assert "keys/weft-release.key" in out and "keys/weft-update.sec.asc" in out
+    assert "keys/weft-release.key" in out and "keys/weft-update.sec.asc" in out and "keys/secureboot.key" in out
     (tmp_path / "keys/weft-update.sec.asc").unlink()
     (tmp_path / "keys/weft-update.pubring.gpg").unlink()
     release = (tmp_path / "keys/weft-release.key").read_bytes()
     assert weft.cli.main(["image", "genkey"]) == 0
     out = capsys.readouterr().out
-    assert "weft-release" not in out and "keys/weft-update.pubring.gpg" in out
+    assert "weft-release" not in out and "secureboot" not in out and "keys/weft-update.pubring.gpg" in out
     assert (tmp_path / "keys/weft-release.key").read_bytes() == release
     assert weft.cli.main(["image", "genkey"]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from weft.cli_support import ArgumentParser, add_debug_flag, run_cli
 from weft.errors import WeftError
@@ -50,6 +51,8 @@ def _cmd_image_audit(args: argparse.Namespace) -> int:
 
 def _cmd_image_genkey(args: argparse.Namespace) -> int:
     from weft.image.apps import generate_release_key, release_key_path
+    from weft.image.secureboot import RELEASE_KEY_STEM as RELEASE_SECURE_BOOT_STEM
+    from weft.image.secureboot import generate_secure_boot_key
     from weft.image.update_keys import generate_release_update_key, release_key_paths
 
     repo = _repo_root()
@@ -63,9 +66,14 @@ def _cmd_image_genkey(args: argparse.Namespace) -> int:
         secret, pubring = generate_release_update_key(repo)
         print(f"update signing key: {secret}\nupdate keyring (what the image trusts for updates): {pubring}")
         made = True
+    secure_boot_stem = repo / RELEASE_SECURE_BOOT_STEM
+    if not secure_boot_stem.with_suffix(".key").exists():
+        pair = generate_secure_boot_key(secure_boot_stem, "WEFT OS Secure Boot")
+        print(f"Secure Boot signing key: {pair.key}\ncertificate (what machines enroll): {pair.certificate}")
+        made = True
     if not made:
-        raise WeftError(f"{release_key_path(repo)} and {release_key_paths(repo)[0]} already exist; "
-                        f"refusing to overwrite a key")
+        raise WeftError(f"{release_key_path(repo)}, {release_key_paths(repo)[0]} and "
+                        f"{secure_boot_stem.with_suffix('.key')} already exist; refusing to overwrite a key")
     return 0
 
 
@@ -128,6 +136,12 @@ def _newest_image(*dirs: Path) -> Path:
     return max(images, key=lambda p: p.stat().st_mtime)
 
 
+def _command(group: Any, name: str, text: str) -> ArgumentParser:
+    """A subcommand whose one-line help (in `weft image --help`) is also what its own --help says."""
+    parser: ArgumentParser = group.add_parser(name, help=text, description=text)
+    return parser
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="weft", description=__doc__)
     add_debug_flag(parser)
@@ -135,7 +149,7 @@ def build_parser() -> ArgumentParser:
 
     image = top.add_parser("image", help="build, audit or flash the OS image")
     image_cmds = image.add_subparsers(dest="command", required=True, metavar="{build,genkey,publish,audit,flash}")
-    build = image_cmds.add_parser("build", help="build the disk image with mkosi (incremental)")
+    build = _command(image_cmds, "build", "build the disk image with mkosi (incremental)")
     build.add_argument("--profile", default="default", choices=profiles.profiles(_repo_root()),
                        help="`test` adds a root shell on the virtio console for VM tests")
     build.add_argument("--out", type=Path, help="output directory (default: mkosi.output/PROFILE)")
@@ -146,11 +160,13 @@ def build_parser() -> ArgumentParser:
     build.add_argument("--extra-tree", type=_existing_dir, action="append", default=[], metavar="DIR",
                        help="lay the files of DIR over the image (mkosi --extra-tree); may be repeated")
     build.set_defaults(func=_cmd_image_build)
-    genkey = image_cmds.add_parser("genkey", help="make the missing ones of keys/weft-release.key (+ .pub), the key "
-                                   "that signs the apps the default image ships, and keys/weft-update.sec.asc "
-                                   "(+ .pubring.gpg), the key that signs its updates (build makes them if missing)")
+    genkey = _command(image_cmds, "genkey",
+                      "make the missing release keys in keys/ (git-ignored): weft-release.key (+ .pub) signs "
+                      "the apps the image ships, weft-update.sec.asc (+ .pubring.gpg) its updates, "
+                      "secureboot.key (+ .crt) its boot chain; never overwrites one (build makes them if "
+                      "missing; docs/trust.md)")
     genkey.set_defaults(func=_cmd_image_genkey)
-    publish = image_cmds.add_parser("publish", help="add the built image's update artefacts (UKI, root, verity) to "
+    publish = _command(image_cmds, "publish", "add the built image's update artefacts (UKI, root, verity) to "
                                     "a systemd-sysupdate source directory and sign its SHA256SUMS")
     publish.add_argument("--profile", default="default", choices=profiles.profiles(_repo_root()),
                          help="whose build and update key: `test` signs with the committed test key, the others "
@@ -160,11 +176,11 @@ def build_parser() -> ArgumentParser:
     publish.add_argument("dest", type=Path, metavar="DEST",
                          help="the update source directory (made if missing); versions already there are kept")
     publish.set_defaults(func=_cmd_image_publish)
-    audit = image_cmds.add_parser("audit", help="check every ELF and setuid file in the image root")
+    audit = _command(image_cmds, "audit", "check every ELF and setuid file in the image root")
     audit.add_argument("image", type=Path, help="disk image (.raw)")
     audit.add_argument("--report", type=Path, help="write the JSON report here instead of stdout")
     audit.set_defaults(func=_cmd_image_audit)
-    flash = image_cmds.add_parser("flash", help="write the image to a block device and verify it")
+    flash = _command(image_cmds, "flash", "write the image to a block device and verify it")
     flash.add_argument("image", type=Path, help="disk image (.raw)")
     flash.add_argument("device", type=Path, help="target block device, e.g. /dev/sdb")
     flash.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -172,7 +188,7 @@ def build_parser() -> ArgumentParser:
 
     vm = top.add_parser("vm", help="boot the image in QEMU")
     vm_cmds = vm.add_subparsers(dest="command", required=True, metavar="{run}")
-    run = vm_cmds.add_parser("run", help="boot the image (KVM if it works here, else TCG)")
+    run = _command(vm_cmds, "run", "boot the image (KVM if it works here, else TCG)")
     run.add_argument("--image", type=Path, help="disk image (default: the newest built one)")
     run.add_argument("--display", default="none", choices=("none", "gtk", "vnc"),
                      help="none: serial console on this terminal (default)")
