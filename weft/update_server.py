@@ -42,6 +42,11 @@ class MediumHandler(SimpleHTTPRequestHandler):
             return None
         return super().send_head()
 
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        # sendfile(2): the kernel moves the bytes. Python's own copy loop managed ~19 MB/s under
+        # TCG, which made the server, not the checks, what an update waited for.
+        self.connection.sendfile(source)
+
     def list_directory(self, path: str | os.PathLike[str]) -> None:
         self.send_error(404)
         return None
