@@ -89,7 +89,7 @@ class SharedVm:
         if self._boot_error is not None:
             pytest.fail(f"the shared VM did not boot: {self._boot_error}")
         if self._machine is None:
-            machine = Machine(self._image, self._artifacts, self._accel, name="shared")
+            machine = Machine(self._image, self._artifacts, self._accel, name="shared", secure_boot=True)
             machine.note(f"=== {self.current_test} (boots the shared VM)")
             try:
                 machine.start()

@@ -31,6 +31,17 @@ def test_root_is_erofs_on_dm_verity_and_read_only(machine: Machine) -> None:
     assert "Read-only file system" in output
 
 
+def test_secure_boot_is_on_with_the_image_key_enrolled_and_the_kernel_locked_down(machine: Machine) -> None:
+    # The VM's firmware started in setup mode; systemd-boot enrolled the image's key on first boot.
+    status = machine.succeed("bootctl status 2>/dev/null")
+    assert "Secure Boot: enabled (user)" in status, status
+    assert "[integrity]" in machine.succeed("cat /sys/kernel/security/lockdown") or \
+        "[confidentiality]" in machine.succeed("cat /sys/kernel/security/lockdown")
+    # What boots is this version's UKI, named the way systemd-sysupdate's transfer matches it.
+    version = machine.succeed(". /usr/lib/os-release && echo ${IMAGE_ID}_${IMAGE_VERSION}").strip()
+    assert machine.succeed("ls /boot/EFI/Linux").split() == [f"{version}.efi"]
+
+
 def test_trusted_publisher_keys_are_on_the_verified_root(machine: Machine) -> None:
     keys = machine.succeed("ls /usr/share/weft/trusted-keys").split()
     # The test image trusts the key that signed its shipped apps (the committed test key), not

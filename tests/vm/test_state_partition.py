@@ -3,15 +3,24 @@ first boot in the free space of the (larger) disk, mounted on /var, and kept acr
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 
-from weft.image.gpt import read_partitions
+from weft.image.gpt import ROOT_X86_64, read_partitions
 from weft.vm.machine import Machine
 from weft.vm.qemu import DISK_SIZE
 
 GIB = 1 << 30
 DISK_SIZE_GIB = int(DISK_SIZE.removesuffix("G"))
+REPART_D = Path(__file__).resolve().parents[2] / "mkosi.extra/usr/lib/repart.d"
+
+
+def _slot_bytes(conf: str) -> int:
+    """SizeMinBytes= of one first-boot partition definition (M suffix)."""
+    match = re.search(r"^SizeMinBytes=(\d+)M$", (REPART_D / conf).read_text(), re.M)
+    assert match, conf
+    return int(match.group(1)) << 20
 
 
 def _state_partition(machine: Machine) -> dict:
@@ -31,8 +40,11 @@ def test_state_partition_created_on_first_boot_and_mounted_on_var(machine: Machi
     state = _state_partition(machine)
     assert state["fstype"] == "ext4"
     assert state["mountpoint"] == "/var"
-    # repart gave /var the rest of the virtual disk (DISK_SIZE) after the image's partitions.
-    rest = DISK_SIZE_GIB * GIB - test_image.stat().st_size
+    # repart gave /var the rest of the virtual disk (DISK_SIZE) after the image's partitions, with
+    # root slot A grown to a full slot and slot B (root + verity) added (docs/updates.md).
+    built = sum(p.size for p in read_partitions(test_image) if p.type_uuid != ROOT_X86_64)
+    slots = 2 * _slot_bytes("11-root.conf") + _slot_bytes("20-root-verity-b.conf")
+    rest = DISK_SIZE_GIB * GIB - built - slots - (2 << 20)  # the GPT's two copies, alignment
     assert rest - (16 << 20) <= state["size"] <= rest
     assert int(machine.succeed("df --output=size -B1 /var | tail -1")) > rest - (256 << 20)
     machine.succeed("touch /var/lib/weft/write-test && rm /var/lib/weft/write-test")
