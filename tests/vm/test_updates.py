@@ -57,8 +57,10 @@ def vm(shared_vm, releases: dict[str, Release], test_image: Path, artifacts: Pat
 
 
 def _labels(vm: Machine) -> list[str]:
-    """The partition labels of the system disk, in disk order."""
-    return vm.succeed("lsblk -nro PARTLABEL /dev/vda | sed '/^$/d'").split()
+    """The partition labels of the system disk, in disk order, as the GPT has them now (lsblk
+    and udev show the labels the kernel read at boot: sysupdate's new ones only after a reboot)."""
+    return vm.succeed("for part in $(ls /dev/vda[0-9]* | sort -V); do "
+                      "blkid -p -o value -s PART_ENTRY_NAME $part; done").split()
 
 
 def _ukis(vm: Machine) -> list[str]:
