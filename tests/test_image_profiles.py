@@ -32,3 +32,19 @@ def test_a_profile_inherits_or_overrides_the_image_id(tmp_path: Path) -> None:
     (tmp_path / "mkosi.conf").write_text("[Output]\nFormat=disk\n")
     with pytest.raises(WeftError, match="no ImageId="):
         profiles.image_id(tmp_path, "default")
+
+
+def test_vm_run_boots_the_newest_disk_image_not_a_split_update_partition(tmp_path, monkeypatch):
+    import weft.cli
+    import weft.vm.run
+
+    (tmp_path / "mkosi.conf").write_text("[Output]\nImageId=weft\n")
+    out = tmp_path / "mkosi.output" / "default"
+    out.mkdir(parents=True)
+    (out / "weft.raw").write_bytes(b"disk")
+    (out / "weft.root-x86-64.0513b51dae3afe173456ea5f9456a212.raw").write_bytes(b"newer, but a partition")
+    booted = []
+    monkeypatch.setattr(weft.cli, "_repo_root", lambda: tmp_path)
+    monkeypatch.setattr(weft.vm.run, "run_vm", lambda image, **options: booted.append(image) or 0)
+    assert weft.cli.main(["vm", "run"]) == 0
+    assert booted == [out / "weft.raw"]

@@ -107,7 +107,7 @@ def _cmd_vm_run(args: argparse.Namespace) -> int:
     from weft.vm.run import run_vm
 
     repo = _repo_root()
-    image = args.image or _newest_image(*(profiles.output_dir(repo, p) for p in profiles.profiles(repo)))
+    image = args.image or _newest_image(*(profiles.image_path(repo, p) for p in profiles.profiles(repo)))
     return run_vm(_existing_file(image), display=args.display, snapshot=args.snapshot,
                   secure_boot=args.secure_boot)
 
@@ -127,10 +127,12 @@ def _existing_dir(value: str) -> Path:
     return path
 
 
-def _newest_image(*dirs: Path) -> Path:
+def _newest_image(*candidates: Path) -> Path:
+    """The most recently built of the profiles' disk images (not the split update partitions,
+    which are .raw files in the same directories)."""
     from weft.errors import UsageError
 
-    images = [p for d in dirs for p in d.glob("*.raw") if p.is_file()]
+    images = [p for p in candidates if p.is_file()]
     if not images:
         raise UsageError("no image built yet; run `weft image build` or pass --image FILE")
     return max(images, key=lambda p: p.stat().st_mtime)
