@@ -44,7 +44,12 @@ def test_vm_run_boots_the_newest_disk_image_not_a_split_update_partition(tmp_pat
     (out / "weft.raw").write_bytes(b"disk")
     (out / "weft.root-x86-64.0513b51dae3afe173456ea5f9456a212.raw").write_bytes(b"newer, but a partition")
     booted = []
+
+    def run_vm(image, **options):
+        booted.append(image)
+        return 0
+
     monkeypatch.setattr(weft.cli, "_repo_root", lambda: tmp_path)
-    monkeypatch.setattr(weft.vm.run, "run_vm", lambda image, **options: booted.append(image) or 0)
+    monkeypatch.setattr(weft.vm.run, "run_vm", run_vm)
     assert weft.cli.main(["vm", "run"]) == 0
     assert booted == [out / "weft.raw"]

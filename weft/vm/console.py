@@ -51,14 +51,26 @@ def new_nonce() -> str:
     return secrets.token_hex(8)
 
 
+def _escaped(marker: str) -> str:
+    """`marker` with a backslash before its last letter: the same word to the shell, other bytes on the wire."""
+    return f"{marker[:-2]}\\{marker[-2:]}"
+
+
 def frame_command(command: str, nonce: str) -> str:
     """The shell line that runs `command` with bash and reports its output and status."""
     encoded = base64.b64encode(command.encode()).decode()
-    # The markers are split by quotes in the sent text, so the tty's echo of this line can
-    # never be mistaken for the reply; the command's own text travels only as base64.
-    line = (f"printf '%s\\n' '{BEGIN}'{nonce}; "
-            f"(eval \"$(printf %s {encoded} | base64 -d)\") </dev/null 2>&1 | base64 -w0; "
-            f"printf '\\n%s %s\\n' '{END}'{nonce} \"${{PIPESTATUS[0]}}\"")
+    files = f"/tmp/.weft-command-{nonce}"
+    # A line may arrive cut short: input sent while the guest rebooted is flushed in part by the
+    # new shell's tty reset. Whatever is left must never make bash swallow the lines after it,
+    # so there are no quotes, no here-documents, and nothing reads the shell's own input (every
+    # command reads a file or /dev/null). The markers carry a backslash in the sent text (the
+    # shell drops it), so the tty's echo of the line is never taken for the reply; the command's
+    # own text travels only as base64.
+    begin, end = _escaped(BEGIN), _escaped(END)
+    line = (f"printf %s\\\\n {begin}{nonce}; printf %s {encoded} > {files}.b64; "
+            f"base64 -d {files}.b64 > {files}.sh; bash {files}.sh </dev/null > {files}.out 2>&1; "
+            f"status_{nonce}=$?; base64 -w0 {files}.out </dev/null; "
+            f"printf \\\\n%s\\ %s\\\\n {end}{nonce} ${{status_{nonce}}}; rm -f {files}.b64 {files}.sh {files}.out")
     if len(line) > MAX_LINE:
         raise ConsoleError(f"command too long for the test console ({len(command)} bytes)")
     return line
