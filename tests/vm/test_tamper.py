@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from vm_support import flip_byte
 
 from weft.image.gpt import ROOT_X86_64, find_partition
 from weft.vm.machine import Machine
@@ -24,21 +25,13 @@ STOPPED = (r"(Failed to mount sysroot\.mount|Dependency failed for .*Initrd Root
 REACHED_ROOT = r"(Switching root\.|Reached target .*Multi-User System)"
 
 
-def _flip_byte(image: Path, offset: int) -> None:
-    with open(image, "r+b") as fh:
-        fh.seek(offset)
-        original = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([original[0] ^ 0xFF]))
-
-
 @pytest.mark.own_vm
 def test_tampered_root_fails_closed(shared_vm, test_image: Path, artifacts: Path, accel: Accel) -> None:
     shared_vm.stop()  # never two VMs at once
     tampered = artifacts / "tampered.raw"
     shutil.copyfile(test_image, tampered)
     root = find_partition(tampered, ROOT_X86_64)
-    _flip_byte(tampered, root.offset + FLIP_OFFSET)
+    flip_byte(tampered, root.offset + FLIP_OFFSET)
 
     with Machine(tampered, artifacts, accel, name="tampered", test_console=False) as machine:
         refused = machine.wait_for_console(VERITY_REFUSED, timeout=900)

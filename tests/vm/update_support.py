@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+from vm_support import flip_byte
 
 from weft.image.profiles import output_dir
 from weft.image.publish import publish
@@ -47,14 +48,6 @@ def release_build_dir(version: str) -> Path:
     return output_dir(REPO, "test").with_name(f"test-v{version}")
 
 
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([byte[0] ^ 0xFF]))
-
-
 def _edited_uki(uki: Path, old: str, new: str, dest: Path) -> None:
     """A copy of `uki` whose .cmdline has `old` replaced by `new` (same length, in place, so the
     PE layout and the now-stale signature stay)."""
@@ -71,7 +64,7 @@ def _tamper_files(source2: Path, release2: UkiInfo, release3: UkiInfo, dest: Pat
     verity = next(source2.glob(f"*_{release2.image_version}.root-x86-64-verity.*.raw"))
     flipped = dest / "flipped.tmp"
     shutil.copyfile(verity, flipped)
-    _flip(flipped, FLIP_OFFSET)
+    flip_byte(flipped, FLIP_OFFSET)
     digest = hashlib.sha256(flipped.read_bytes()).hexdigest()
     flipped.unlink()
     sums = (source2 / "SHA256SUMS").read_text().splitlines()

@@ -4,6 +4,7 @@ the guest with weft.vm.transfer."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Protocol
 
 from weft.vm.machine import Machine
@@ -37,3 +38,12 @@ def assert_nothing_left(machine: Machine, timeout: float = 10, keep: tuple[str, 
             break
         time.sleep(0.5)
     assert left == "", f"left behind:\n{left}"
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Invert every bit of the byte at `offset`, in place."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        original = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([original[0] ^ 0xFF]))
