@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh
 # `weft image build` prints the image it wrote (its name comes from mkosi.conf's ImageId=).
 image=$(.venv/bin/weft image build | tail -n 1)
-exec .venv/bin/weft vm run --image "$image" "$@"
+# With Secure Boot firmware: the image's key is enrolled on the VM's first boot (docs/trust.md).
+exec .venv/bin/weft vm run --secure-boot --image "$image" "$@"
