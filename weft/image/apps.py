@@ -26,6 +26,7 @@ from pathlib import Path
 
 from weft.errors import WeftError
 from weft.image.guests import build_package
+from weft.image.profile_keys import key_for_profile
 from weft.pack.image import build_image, verify_image
 from weft.pack.keys import generate_keypair, load_signing_key
 from weft.store import image_file
@@ -57,19 +58,9 @@ def generate_release_key(repo: Path) -> tuple[Path, Path]:
 
 def signing_key_for(repo: Path, profile: str) -> Path:
     """The key that signs the shipped apps of `profile`; the release key is made if missing."""
-    if profile == "test":
-        key = repo / TEST_KEY
-        # Public test material: git does not keep file modes, so restore the 0600 that
-        # load_signing_key insists on for every private key.
-        os.chmod(key, 0o600)
-        return key
-    key = release_key_path(repo)
-    if not key.exists():
-        private, public = generate_release_key(repo)
-        log.warning("image: created the release signing key %s (and %s). It signs the apps this image "
-                    "ships and the image trusts it: keep it safe, out of git, and reuse it for every "
-                    "build of this product", private, public)
-    return key
+    return key_for_profile(repo, profile, test_key=TEST_KEY, release_key=release_key_path(repo).relative_to(repo),
+                           make=lambda: generate_release_key(repo), what="release signing key",
+                           why="It signs the apps this image ships and the image trusts it")
 
 
 def _progress(name: str) -> Callable[[str], None]:

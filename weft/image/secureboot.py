@@ -8,15 +8,13 @@ made on first use (as `mkosi genkey` would) and kept out of git.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from weft.image.profile_keys import key_for_profile
 from weft.proc import find_tool, run
-
-log = logging.getLogger("weft.image")
 
 TEST_KEY_STEM = Path("tests/vm/keys/weft-test-secureboot")
 RELEASE_KEY_STEM = Path("keys/secureboot")
@@ -45,14 +43,7 @@ def generate_secure_boot_key(stem: Path, common_name: str) -> SecureBootKey:
 
 
 def secure_boot_key_for(repo: Path, profile: str) -> SecureBootKey:
-    if profile == "test":
-        pair = _pair(repo / TEST_KEY_STEM)
-        os.chmod(pair.key, 0o600)  # git does not keep file modes
-        return pair
-    pair = _pair(repo / RELEASE_KEY_STEM)
-    if not pair.key.exists():
-        generate_secure_boot_key(repo / RELEASE_KEY_STEM, "WEFT OS Secure Boot")
-        log.warning("image: created the Secure Boot signing key %s (and %s). Machines that enroll it boot "
-                    "only what it signs: keep it safe, out of git, and reuse it for every build", pair.key,
-                    pair.certificate)
-    return pair
+    key = key_for_profile(repo, profile, test_key=_pair(TEST_KEY_STEM).key, release_key=_pair(RELEASE_KEY_STEM).key,
+                          make=lambda: generate_secure_boot_key(repo / RELEASE_KEY_STEM, "WEFT OS Secure Boot"),
+                          what="Secure Boot signing key", why="Machines that enroll it boot only what it signs")
+    return _pair(key.with_suffix(""))

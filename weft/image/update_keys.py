@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from weft.errors import ToolError, WeftError
+from weft.image.profile_keys import key_for_profile
 from weft.proc import find_tool, run
 
 log = logging.getLogger("weft.image")
@@ -186,16 +187,12 @@ def generate_release_update_key(repo: Path) -> tuple[Path, Path]:
 def update_key_for(repo: Path, profile: str) -> tuple[Path, Path]:
     """(secret key, public keyring) that sign the updates of `profile`; the release key is
     made if missing."""
-    if profile == "test":
-        secret, pubring = key_paths(repo / TEST_KEY_DIR, TEST_KEY_STEM)
-        # Public test material: git does not keep file modes; a secret key stays 0600 anyway.
-        os.chmod(secret, 0o600)
-        return secret, pubring
-    secret, pubring = release_key_paths(repo)
-    if not secret.exists():
-        generate_release_update_key(repo)
-        log.warning("image: created the update signing key %s (and %s). Images trust it for their updates: "
-                    "keep it safe, out of git, and reuse it for every build of this product", secret, pubring)
-    elif not pubring.is_file():
+    test_secret, _ = key_paths(TEST_KEY_DIR, TEST_KEY_STEM)
+    release_secret, _ = key_paths(RELEASE_KEY_DIR, RELEASE_KEY_STEM)
+    secret = key_for_profile(repo, profile, test_key=test_secret, release_key=release_secret,
+                             make=lambda: generate_release_update_key(repo), what="update signing key",
+                             why="Images trust it for their updates")
+    pubring = secret.with_name(secret.name.removesuffix(SECRET_SUFFIX) + PUBRING_SUFFIX)
+    if not pubring.is_file():
         raise WeftError(f"{secret} exists but its public keyring {pubring} is missing; restore it from your backup")
     return secret, pubring
