@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -27,15 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "vm"))
 
-from update_support import prepare_media  # type: ignore[import-not-found]  # noqa: E402  (tests/vm, on sys.path above)
+from update_support import SYSUPDATE, prepare_media, running, use_medium  # type: ignore[import-not-found]  # noqa: E402  (tests/vm, on sys.path above)
 
 from weft.image.profiles import image_path  # noqa: E402
 from weft.vm.accel import detect_accel  # noqa: E402
 from weft.vm.machine import Machine  # noqa: E402
 from weft.vm.run import accel_cache_file  # noqa: E402
 
-SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate"
-SOURCE = "/run/weft-updates"
 BOOT_S = 900
 TARGETS = {"apply_s": 60, "rollback_boots_of_new_version": 3}
 
@@ -44,15 +41,8 @@ def progress(message: str) -> None:
     print(f"bench_update: {message}", file=sys.stderr, flush=True)
 
 
-def roothash(machine: Machine) -> str:
-    match = re.search(r"roothash=([0-9a-f]{64})", machine.succeed("cat /proc/cmdline"))
-    assert match is not None
-    return match.group(1)
-
-
 def apply(machine: Machine, label: str) -> float:
-    machine.succeed(f"umount {SOURCE} 2>/dev/null; mkdir -p {SOURCE} && "
-                    f"mount -o ro /dev/disk/by-label/{label} {SOURCE}")
+    use_medium(machine, label)
     out = machine.succeed(f"s=$(date +%s%N) && {SYSUPDATE} update >/dev/null 2>&1 && e=$(date +%s%N) && "
                           "echo $(( (e - s) / 1000000 ))", timeout=1200)
     return round(int(out.strip()) / 1000, 1)
@@ -79,7 +69,7 @@ def main() -> int:
             machine.reboot(BOOT_S)
             machine.wait_until_succeeds(f"test -e /boot/EFI/Linux/{two.uki.image_id}_2.efi", timeout=BOOT_S)
             reboot_to_ready = round(time.monotonic() - started, 1)
-            assert roothash(machine) == two.uki.roothash
+            assert running(machine)[1] == two.uki.roothash
             progress(f"release 2 ready (blessed) {reboot_to_ready} s after the reboot; applying release 3")
             apply(machine, three.label)
             started = time.monotonic()
@@ -88,7 +78,7 @@ def main() -> int:
                                            timeout=BOOT_S * 4)
             machine.wait_for_shell(BOOT_S)
             rollback_s = round(time.monotonic() - started, 1)
-            assert roothash(machine) == two.uki.roothash
+            assert running(machine)[1] == two.uki.roothash
             progress(f"back on release 2 after {len(boots)} boots, {rollback_s} s")
     print(json.dumps({"update_bytes": two.bytes, "apply_s": apply_s, "reboot_to_ready_s": reboot_to_ready,
                       "rollback_s": rollback_s, "rollback_boots": len(boots), "targets": TARGETS,

@@ -17,15 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from update_support import EDITED_VERSION, FLIP_OFFSET, Release, prepare_media
+from update_support import EDITED_VERSION, FLIP_OFFSET, SOURCE, SYSUPDATE, Release, prepare_media, running, use_medium
 
 from weft.vm.machine import Machine
 from weft.vm.qemu import Accel
 
 pytestmark = pytest.mark.own_vm
 
-SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate"
-SOURCE = "/run/weft-updates"  # where the image's sysupdate.d transfers look
 ESP_UKIS = "/boot/EFI/Linux"
 IMAGE_ID = "weft-test"
 BOOT_S = 900
@@ -67,24 +65,10 @@ def _ukis(vm: Machine) -> list[str]:
     return sorted(vm.succeed(f"ls {ESP_UKIS}").split())
 
 
-def _running(vm: Machine) -> tuple[str, str]:
-    """IMAGE_VERSION and the roothash= of the running system."""
-    version = vm.succeed(". /usr/lib/os-release && echo $IMAGE_VERSION").strip()
-    cmdline = vm.succeed("cat /proc/cmdline")
-    match = re.search(r"roothash=([0-9a-f]{64})", cmdline)
-    assert match, cmdline
-    return version, match.group(1)
-
-
-def _use_medium(vm: Machine, label: str) -> None:
-    vm.succeed(f"umount {SOURCE} 2>/dev/null; rm -rf {SOURCE}; mkdir -p {SOURCE} && "
-               f"mount -o ro /dev/disk/by-label/{label} {SOURCE}")
-
-
 def test_factory_machine_has_release_1_an_empty_slot_and_secure_boot(vm: Machine) -> None:
     assert vm.succeed("bootctl status 2>/dev/null | grep 'Secure Boot'").split(":", 1)[1].strip() \
         == "enabled (user)"
-    assert _running(vm)[0] == "1"
+    assert running(vm)[0] == "1"
     assert _labels(vm) == ["esp", f"{IMAGE_ID}_1_verity", f"{IMAGE_ID}_1", "_empty", "_empty", "weft-state"]
     # Slot A was grown from the built root's size into a full slot, like slot B.
     slot_a, slot_b = vm.succeed("lsblk -ndbo SIZE /dev/vda3 /dev/vda5").split()
@@ -128,13 +112,13 @@ def test_a_tampered_source_is_refused_and_nothing_is_installed(vm: Machine, rele
 def test_update_to_release_2_keeps_data_and_release_1_as_fallback(vm: Machine, releases: dict[str, Release]) -> None:
     two = releases["2"]
     vm.succeed(f"echo written-under-1 > {MARKER}")
-    _use_medium(vm, two.label)
+    use_medium(vm, two.label)
     vm.succeed(f"{SYSUPDATE} update", timeout=900)
     assert _labels(vm) == ["esp", f"{IMAGE_ID}_1_verity", f"{IMAGE_ID}_1", f"{IMAGE_ID}_2_verity",
                            f"{IMAGE_ID}_2", "weft-state"]
     assert _ukis(vm) == [f"{IMAGE_ID}_1.efi", f"{IMAGE_ID}_2+{TRIES}-0.efi"]
     vm.reboot(BOOT_S)
-    assert _running(vm) == ("2", two.uki.roothash)
+    assert running(vm) == ("2", two.uki.roothash)
     assert vm.succeed(f"cat {MARKER}").strip() == "written-under-1"
     # weft-boot-check passed, boot-complete.target was reached: systemd-bless-boot drops the counter.
     vm.wait_until_succeeds(f"test -e {ESP_UKIS}/{IMAGE_ID}_2.efi", timeout=600)
@@ -144,7 +128,7 @@ def test_update_to_release_2_keeps_data_and_release_1_as_fallback(vm: Machine, r
 
 def test_a_release_that_fails_its_boot_check_rolls_back_by_itself(vm: Machine, releases: dict[str, Release]) -> None:
     two, three = releases["2"], releases["3"]
-    _use_medium(vm, three.label)
+    use_medium(vm, three.label)
     vm.succeed(f"{SYSUPDATE} update", timeout=900)
     # Release 3 went into slot A (release 1's, not running); release 1's UKI made room (2 kept).
     assert _labels(vm) == ["esp", f"{IMAGE_ID}_3_verity", f"{IMAGE_ID}_3", f"{IMAGE_ID}_2_verity",
@@ -157,7 +141,7 @@ def test_a_release_that_fails_its_boot_check_rolls_back_by_itself(vm: Machine, r
                               timeout=BOOT_S * (TRIES + 1))
     assert boots == [three.uki.roothash] * TRIES + [two.uki.roothash], boots
     vm.wait_for_shell(BOOT_S)
-    assert _running(vm) == ("2", two.uki.roothash)
+    assert running(vm) == ("2", two.uki.roothash)
     assert _ukis(vm) == [f"{IMAGE_ID}_2.efi", f"{IMAGE_ID}_3+0-{TRIES}.efi"]
     assert vm.succeed(f"cat {MARKER}").strip() == "written-under-1"
     # Each of release 3's boots failed the check, which said so on the console and rebooted.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,8 +28,11 @@ from weft.image.publish import publish
 from weft.image.uki import UkiInfo, pe_sections, uki_info
 from weft.image.update_keys import generate_update_key, sign_file, update_key_for
 from weft.image.update_medium import write_update_medium
+from weft.vm.machine import Machine
 
 REPO = Path(__file__).resolve().parents[2]
+SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate"
+SOURCE = "/run/weft-updates"  # where the image's sysupdate.d transfers look
 RELEASES = ("2", "3")
 FLIP_OFFSET = 8192
 EDITED_VERSION = "9"
@@ -108,3 +112,18 @@ def prepare_media(workdir: Path) -> dict[str, Release]:
         shutil.rmtree(sources[version])
     os.sync()
     return releases
+
+
+def running(machine: Machine) -> tuple[str, str]:
+    """IMAGE_VERSION and the roothash= of the system running in `machine`."""
+    version = machine.succeed(". /usr/lib/os-release && echo $IMAGE_VERSION").strip()
+    cmdline = machine.succeed("cat /proc/cmdline")
+    match = re.search(r"roothash=([0-9a-f]{64})", cmdline)
+    assert match, cmdline
+    return version, match.group(1)
+
+
+def use_medium(machine: Machine, label: str) -> None:
+    """Mount the update medium labelled `label` where the transfers look (replacing what was there)."""
+    machine.succeed(f"umount {SOURCE} 2>/dev/null; rm -rf {SOURCE}; mkdir -p {SOURCE} && "
+                    f"mount -o ro /dev/disk/by-label/{label} {SOURCE}")
