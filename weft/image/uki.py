@@ -6,8 +6,8 @@ command line with `roothash=`. Only the headers and those two sections are read,
 UKI costs a few page reads (the file is mapped, not loaded).
 
 Layout used (PE/COFF specification): the DOS header's `e_lfanew` (offset 0x3c) points at
-`PE\\0\\0`, then the 20-byte COFF header, the optional header (PE32 or PE32+) whose data
-directory 4 is the Authenticode certificate table, then the 40-byte section headers.
+`PE\\0\\0`, then the 20-byte COFF header, the optional header (PE32 or PE32+), then the 40-byte
+section headers.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ _SECTION = struct.Struct("<8sIIII16x")  # Name, VirtualSize, VirtualAddress, Siz
 _PE32, _PE32_PLUS = 0x10B, 0x20B
 # Offset of NumberOfRvaAndSizes in the optional header; the data directories follow it.
 _RVA_COUNT_OFFSET = {_PE32: 92, _PE32_PLUS: 108}
-_CERTIFICATE_TABLE = 4
 _MAX_SECTIONS = 96  # the PE/COFF limit
 
 ROOTHASH = re.compile(r"(?:^|\s)roothash=(\S*)")
@@ -106,26 +105,6 @@ def pe_sections(data: PeData) -> dict[str, Section]:
         sections.setdefault(name, Section(name=name, offset=offset if size else 0, size=size,
                                           virtual_size=virtual_size))
     return sections
-
-
-def signature_span(data: PeData) -> tuple[int, int] | None:
-    """(file offset, size) of the Authenticode certificate table, or None when unsigned."""
-    optional, optional_size, magic, _count = _headers(data)
-    count_at = _RVA_COUNT_OFFSET[magic]
-    if optional_size < count_at + 4:
-        return None
-    (directories,) = struct.unpack_from("<I", data, optional + count_at)
-    entry = count_at + 4 + _CERTIFICATE_TABLE * 8
-    if directories <= _CERTIFICATE_TABLE or optional_size < entry + 8:
-        return None
-    # Unlike every other directory, the certificate table's address is a file offset.
-    offset, size = struct.unpack_from("<II", data, optional + entry)
-    if size == 0:
-        return None
-    if offset + size > len(data):
-        raise WeftError(f"not a PE file: the certificate table ({size} bytes at {offset:#x}) lies beyond the end "
-                        f"of the file ({len(data)} bytes)")
-    return offset, size
 
 
 def parse_os_release(text: str) -> dict[str, str]:
