@@ -206,17 +206,23 @@ def test_panel_covers_the_output_and_an_app_gets_the_work_area(desktop: Desktop)
         assert at(WIDTH - 1, HEIGHT - 48 - 1) == RED
         assert at(0, HEIGHT - 48) == BLUE
         assert at(2, 4) not in (RED, BLUE)  # the cursor is drawn at (0, 0), theme or not (wlroots' built-in arrow)
-    xdg = desktop.events(desktop.app_log, "xdg_configure")[-1]
-    assert (xdg["width"], xdg["height"]) == (WIDTH, HEIGHT - 48)
-    app = desktop.events(desktop.app_log, "zweft_configure")
-    assert app[-1]["width"] == WIDTH and app[-1]["height"] == HEIGHT - 48 and app[-1]["state"] == 1 | 4
-    # the session token came on stdin, never in argv or the environment
-    started = desktop.events(desktop.app_log, "started")[0]
-    assert started["argv"] == ["org.example.counter", "1"] and not started["env_token"]
-    assert desktop.events(desktop.app_log, "token")[0]["token"] == "token-1"
-    # the panel lost focus to the app (the shell process logs it in its own time)
-    wait_until(lambda: desktop.events(desktop.shell_log, "focus_changed")[-1]["focused"] == 0,
-               what="the panel's focus_changed(0)")
+        xdg = desktop.events(desktop.app_log, "xdg_configure")[-1]
+        assert (xdg["width"], xdg["height"]) == (WIDTH, HEIGHT - 48)
+        app = desktop.events(desktop.app_log, "zweft_configure")
+        assert app[-1]["width"] == WIDTH and app[-1]["height"] == HEIGHT - 48 and app[-1]["state"] == 1 | 4
+        # the session token came on stdin, never in argv or the environment
+        started = desktop.events(desktop.app_log, "started")[0]
+        assert started["argv"] == ["org.example.counter", "1"] and not started["env_token"]
+        assert desktop.events(desktop.app_log, "token")[0]["token"] == "token-1"
+        # the panel lost focus to the app (the shell process logs it in its own time); checked while
+        # the IPC connection is open, since its end closes the session's window
+        wait_until(lambda: panel_focus(desktop)[-2:] == [1, 0], what="the panel's focus_changed(0)")
+    # appd's connection ended: its session's window went and the panel has the focus again
+    wait_until(lambda: panel_focus(desktop)[-3:] == [1, 0, 1], what="the panel's focus_changed(1) again")
+
+
+def panel_focus(desktop: Desktop) -> list[int]:
+    return [e["focused"] for e in desktop.events(desktop.shell_log, "focus_changed")]
 
 
 def test_a_stranger_is_never_mapped_and_cannot_be_panel_or_application(desktop: Desktop) -> None:
