@@ -39,8 +39,6 @@ def main_args(argv: Sequence[str]) -> int:
 
     from weft.daemons.webshell import webkit  # GTK starts here: after the arguments are checked
 
-    webkit.prepare_environment()
-
     def url() -> str:
         return f"ws://127.0.0.1:{appd_ws.read_port(appd_dir)}/?token={appd_ws.read_boot_token(appd_dir)}"
 

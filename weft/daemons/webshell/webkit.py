@@ -22,6 +22,12 @@ from typing import Any, Protocol
 
 import gi  # type: ignore[import-untyped]  # PyGObject ships no type stubs
 
+# Process-wide settings that must precede GTK's start, which importing Gtk is (PyGObject calls
+# gtk_init_check): Wayland only, no GPU compositing, and the sandbox is not optional.
+os.environ.setdefault("GDK_BACKEND", "wayland")
+os.environ.setdefault("WEBKIT_DISABLE_COMPOSITING_MODE", "1")  # pixman compositor, no GPU
+os.environ.pop("WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS", None)
+
 gi.require_version("Gtk", "3.0")
 gi.require_version("WebKit2", "4.1")
 gi.require_version("Soup", "3.0")
@@ -42,11 +48,24 @@ class Served:
     csp: str
 
 
-def prepare_environment() -> None:
-    """Process-wide settings that must precede GTK's start: Wayland only, no GPU compositing."""
-    os.environ.setdefault("GDK_BACKEND", "wayland")
-    os.environ.setdefault("WEBKIT_DISABLE_COMPOSITING_MODE", "1")  # pixman compositor, no GPU
-    os.environ.pop("WEBKIT_DISABLE_SANDBOX_THIS_IS_DANGEROUS", None)  # the sandbox is not optional
+def read_line_while_serving(fd: int, limit: int) -> bytes:
+    """One line from `fd` (without its newline; b"" at end of file), read with GLib's main loop
+    running meanwhile: the display connection GTK opened is served while the line is awaited.
+    More than `limit` bytes without a newline are returned as they are, for the caller to refuse."""
+    loop = GLib.MainLoop()
+    data = bytearray()
+
+    def readable(_fd: int, _condition: Any) -> bool:
+        chunk = os.read(fd, limit + 1 - len(data))
+        data.extend(chunk)
+        if chunk and b"\n" not in data and len(data) <= limit:
+            return True
+        loop.quit()
+        return False
+
+    GLib.unix_fd_add_full(GLib.PRIORITY_DEFAULT, fd, GLib.IOCondition.IN | GLib.IOCondition.HUP, readable)
+    loop.run()
+    return bytes(data).split(b"\n", 1)[0]
 
 
 def _harden(settings: Any) -> None:
