@@ -3,11 +3,14 @@
 As a script it is the stand-in shell or app shell the compositor spawns:
     compositor_support.py --log FILE --colour RRGGBB [--zweft ROLE] [--set-selection TEXT]
                           [--print-selection] [--read-token] [--ignore-close] [--frames N]
-                          [app_id session_id]
+                          [--standby [--toplevel-before-session]] [app_id session_id]
 It maps one xdg toplevel filled with the colour, logs what it sees as JSON lines in FILE
 (xdg configure, zweft events, keyboard enter, the selection text, the stdin token), and exits
 0 when the compositor asks its toplevel to close (as an app shell does). --frames N paces N
 commits without damage on frame callbacks (an animation's clock), then logs `frames_done`.
+--standby connects first (logging `standby_ready`), then reads `<app_id> <session_id> <token>`
+on stdin, as weft-app-shell --standby does; --toplevel-before-session also asks for a toplevel
+before that line comes (the compositor must refuse it: a standby has no role).
 """
 from __future__ import annotations
 
@@ -268,6 +271,8 @@ def main() -> int:
     parser.add_argument("--read-token", action="store_true")
     parser.add_argument("--ignore-close", action="store_true")
     parser.add_argument("--frames", type=int, default=0)
+    parser.add_argument("--standby", action="store_true")
+    parser.add_argument("--toplevel-before-session", action="store_true")
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
 
@@ -275,10 +280,21 @@ def main() -> int:
         with args.log.open("a") as f:
             f.write(json.dumps({"pid": os.getpid(), **event}) + "\n")
 
-    log({"event": "started", "argv": args.rest, "env_token": any("token" in k.lower() for k in os.environ)})
-    if args.read_token:
-        log({"event": "token", "token": sys.stdin.readline().strip()})
-    client = Client(os.environ["WAYLAND_DISPLAY"], log)
+    env_token = any("token" in k.lower() for k in os.environ)
+    if args.standby:
+        client = Client(os.environ["WAYLAND_DISPLAY"], log)
+        if args.toplevel_before_session:
+            client.toplevel(0xFF00FF)
+            client.display.roundtrip()
+        log({"event": "standby_ready"})
+        *args.rest, token = sys.stdin.readline().split()
+        log({"event": "started", "argv": args.rest, "env_token": env_token, "standby": True})
+        log({"event": "token", "token": token})
+    else:
+        log({"event": "started", "argv": args.rest, "env_token": env_token})
+        if args.read_token:
+            log({"event": "token", "token": sys.stdin.readline().strip()})
+        client = Client(os.environ["WAYLAND_DISPLAY"], log)
     client.seat_and_clipboard()
     colour = SESSION_COLOURS[int(args.rest[1]) % len(SESSION_COLOURS)] if args.colour == "session" else \
         int(args.colour, 16)

@@ -46,7 +46,7 @@ class Desktop:
                 [PYTHON, "-m", "weft.daemons.compositor", "--backend", "headless", "--size", "1280x800",
                  "--ipc-socket", str(self.ipc_socket), "--debug",
                  "--shell", f"{PYTHON} -m weft.daemons.shell --debug",
-                 "--app-shell", f"{PYTHON} -m weft.daemons.app_shell --debug"],
+                 "--app-shell", f"{PYTHON} -m weft.daemons.app_shell --debug", "--app-shell-standby"],
                 env=self.vars, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         found = wait_for(lambda: self._display() or self.compositor.poll() is not None, 30, "the Wayland socket")
         assert self.compositor.poll() is None, self.text()

@@ -1,4 +1,5 @@
-"""weft-app-shell on the host: started by the real compositor for a session appd announces.
+"""weft-app-shell on the host: started by the real compositor for a session appd announces, or
+the standby one the compositor keeps started ahead, handed the next session.
 
 The test app is the counter with one more inline script (allowed by its hash, like the
 package's own): it clicks `+` twice once the first count arrives and mirrors the count into
@@ -78,6 +79,20 @@ def test_page_ipc_reaches_the_runtime_and_the_reply_updates_the_page(desktop: De
              "the app shell to exit 0")
 
 
+def test_a_launch_hands_its_session_to_the_standby_app_shell(desktop: Desktop) -> None:
+    wait_for(lambda: "standby app shell started" in desktop.text(), 30, "a standby app shell")
+    pid = int(re.findall(r"standby app shell started: .* \(pid (\d+)\)", desktop.text())[-1])
+    session_id = desktop.appd.launch(CLICKER)
+    wait_for(lambda: f"app shell for session {session_id} ({CLICKER}): the standby one, pid {pid}" in desktop.text(),
+             10, "the standby app shell to take the session")
+    # the page works as in a shell started for its session: weftIpc round trips move the count
+    wait_for(lambda: re.search(rf"weft-app-shell\[{re.escape(CLICKER)}#{session_id}\] DEBUG page title: count 2",
+                               desktop.text()), 30, "the count to reach 2 in the standby's page")
+    desktop.appd.request(protocol.TerminateApp(session_id=session_id))
+    wait_for(lambda: f"app shell of session {session_id} exited with status 0" in desktop.text(), 20,
+             "the app shell to exit 0")
+
+
 def test_files_are_served_only_from_beneath_the_package(tmp_path: Path, built_apps: dict[str, Path]) -> None:
     package = renamed_copy(built_apps[COUNTER], tmp_path, CLICKER, "Clicker")
     (tmp_path / "secret.txt").write_text("secret")
@@ -101,9 +116,23 @@ def test_files_are_served_only_from_beneath_the_package(tmp_path: Path, built_ap
     ([COUNTER, "abc"], "x" * 43 + "\n", "error: session id 'abc'"),
     ([COUNTER, "1"], "", "error: no session token on stdin"),
     ([COUNTER, "1"], "not a token!\n", "error: the session token on stdin is malformed"),
+    ([COUNTER], "", "error: give <app_id> <session_id> (or --standby)"),
+    (["--standby", COUNTER, "1"], "", "error: --standby takes no app id or session id"),
+    (["--standby"], "../etc 1 " + "x" * 43 + "\n", "error: '../etc' is not a valid app ID"),
+    (["--standby"], f"{COUNTER} 0 " + "x" * 43 + "\n", "error: session id '0'"),
+    (["--standby"], f"{COUNTER} 1\n", "error: a standby app shell reads one line"),
+    (["--standby"], f"{COUNTER} 1 not-a-token!\n", "error: the session token on stdin is malformed"),
+    (["--standby"], f"{COUNTER} 1 " + "x" * 600 + "\n", "error: the line on stdin is longer than 512 bytes"),
 ])
 def test_bad_arguments_are_clear_errors(args: list[str], stdin: str, message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "weft.daemons.app_shell", *args], input=stdin,
                             capture_output=True, text=True, timeout=30, env={**os.environ, "WAYLAND_DISPLAY": ""})
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(message) and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_standby_whose_stdin_closes_before_a_session_exits_0() -> None:
+    result = subprocess.run([sys.executable, "-m", "weft.daemons.app_shell", "--standby"], input="",
+                            capture_output=True, text=True, timeout=30, env={**os.environ, "WAYLAND_DISPLAY": ""})
+    assert result.returncode == 0, result.stderr
+    assert "stdin closed before a session came: exiting" in result.stderr

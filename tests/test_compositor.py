@@ -338,6 +338,37 @@ def test_app_surface_destroyed_stops_an_app_shell_that_ignores_close(tmp_path: P
         stop(running)
 
 
+def test_a_standby_app_shell_takes_the_next_session_and_has_no_role_before(tmp_path: Path) -> None:
+    running = start_desktop(tmp_path, "--app-shell-standby", app_args="--toplevel-before-session")
+    try:
+        shell_ready(running)
+        with running.connect_ipc() as sock:
+            open_app(running, sock, 1)  # before any standby is up: started for its session
+            standby = wait_until(lambda: running.events(running.app_log, "standby_ready"), 15,
+                                 what="a standby app shell once the window is mapped")[0]["pid"]
+            # its toplevel asked for before it had a session was refused, like a stranger's
+            assert f"not mapping a toplevel of pid {standby}: not the shell nor an app shell" in \
+                running.stderr.read_text()
+            open_app(running, sock, 2)
+            started = {e["argv"][1]: e for e in running.events(running.app_log, "started")}
+            assert started["1"]["pid"] != standby and "standby" not in started["1"]
+            assert started["2"]["pid"] == standby and started["2"]["argv"] == ["org.example.counter", "2"]
+            tokens = {e["pid"]: e["token"] for e in running.events(running.app_log, "token")}
+            assert tokens[standby] == "token-2"
+            running.wait_for_colour(WORK_AREA_POINT, GREEN, "standby-took-session-2")  # session 2's colour
+            # a new standby replaces it; one killed before use is reported and a launch starts cold
+            replacement = wait_until(lambda: [e["pid"] for e in running.events(running.app_log, "standby_ready")
+                                              if e["pid"] != standby], 15, what="the next standby")[0]
+            os.kill(replacement, signal.SIGKILL)
+            wait_until(lambda: f"the standby app shell (pid {replacement}) exited with status -9"
+                       in running.stderr.read_text(), what="the dead standby reported")
+            open_app(running, sock, 3)
+            started = {e["argv"][1]: e for e in running.events(running.app_log, "started")}
+            assert "standby" not in started["3"] and started["3"]["pid"] != replacement
+    finally:
+        stop(running)
+
+
 def test_clipboard_from_the_shell_to_an_app(tmp_path: Path) -> None:
     running = start_desktop(tmp_path, app_args="--print-selection", shell_args="--set-selection 'copied text'")
     try:

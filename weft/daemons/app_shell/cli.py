@@ -1,7 +1,9 @@
 """weft-app-shell <app_id> <session_id>: one app's window, started by weft-compositor for one session.
 
 The session token arrives as one line on stdin (never in argv or the environment, which other
-processes of the uid can read); it binds this shell's WebSocket to its session. The page is
+processes of the uid can read); it binds this shell's WebSocket to its session. With
+`--standby` (the compositor keeps one started ahead) GTK and WebKit start first, and the one
+line on stdin is `<app_id> <session_id> <token>`; end of file before it is a clean exit 0. The page is
 `weft-app://<app_id>/<[ui].entry>`, served from the package (package_files.py) with a strict
 CSP; `weftIpc` reaches appd only through this process (session.py). It exits 0 when the window
 is closed (the compositor tells appd), when appd says the session has stopped or no longer
@@ -30,6 +32,7 @@ from weft.manifest import require_app_id
 log = logging.getLogger("weft.app_shell")
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # appd's tokens are urlsafe base64; it goes into a URL
 UNREACHABLE_EXIT_S = 30.0
+MAX_LINE = 512
 
 
 def _session_id(text: str) -> int:
@@ -41,13 +44,26 @@ def _session_id(text: str) -> int:
         raise UsageError(f"session id {text[:40]!r} is not a number from 1 to 2^63-1") from None
 
 
-def _read_token() -> str:
-    token = sys.stdin.readline(512).strip()
-    if not token:
+def _token(text: str) -> str:
+    if not text:
         raise UsageError("no session token on stdin (the compositor writes it, one line)")
-    if not TOKEN.match(token):
+    if not TOKEN.match(text):
         raise UsageError("the session token on stdin is malformed")
-    return token
+    return text
+
+
+def _app_id(text: str) -> str:
+    try:
+        return require_app_id(text)
+    except WeftError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _session(words: list[str]) -> tuple[str, int, str]:
+    """app_id, session_id and token from the words of a standby's one line on stdin."""
+    if len(words) != 3:
+        raise UsageError("a standby app shell reads one line `<app_id> <session_id> <token>` on stdin")
+    return _app_id(words[0]), _session_id(words[1]), _token(words[2])
 
 
 def _user_script(session_id: int) -> str:
@@ -57,23 +73,35 @@ def _user_script(session_id: int) -> str:
 
 def main_args(argv: Sequence[str]) -> int:
     parser = ArgumentParser(prog="weft-app-shell", description="one WEFT app's window, bound to its session")
-    parser.add_argument("app_id")
-    parser.add_argument("session_id")
+    parser.add_argument("app_id", nargs="?")
+    parser.add_argument("session_id", nargs="?")
+    parser.add_argument("--standby", action="store_true",
+                        help="start GTK and WebKit now, then read `<app_id> <session_id> <token>` on stdin")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        app_id = require_app_id(args.app_id)
-    except WeftError as exc:
-        raise UsageError(str(exc)) from None
-    session_id = _session_id(args.session_id)
-    token = _read_token()
+    if args.standby:
+        if args.app_id is not None:
+            raise UsageError("--standby takes no app id or session id: they come on stdin")
+        daemon_logging("weft-app-shell[standby]", args.debug)
+        from weft.daemons.webshell import webkit  # GTK starts here
+
+        line = webkit.read_line_while_serving(sys.stdin.fileno(), MAX_LINE)
+        if not line:
+            log.info("stdin closed before a session came: exiting")
+            return 0
+        if len(line) > MAX_LINE:
+            raise UsageError(f"the line on stdin is longer than {MAX_LINE} bytes")
+        app_id, session_id, token = _session(line.decode(errors="replace").split(" "))
+    else:
+        if args.session_id is None:
+            raise UsageError("give <app_id> <session_id> (or --standby)")
+        app_id, session_id = _app_id(args.app_id), _session_id(args.session_id)
+        token = _token(sys.stdin.readline(MAX_LINE).strip())
     appd_dir = settings.appd_client_dir()
     files = PackageFiles(app_id, package_root(app_id))
     daemon_logging(f"weft-app-shell[{app_id}#{session_id}]", args.debug)
 
     from weft.daemons.webshell import webkit  # GTK starts here: after the arguments are checked
-
-    webkit.prepare_environment()
 
     def serve(uri: str) -> webkit.Served:
         inner = files.inner_path(uri)

@@ -11,10 +11,14 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pywayland.server import EventLoop
 
 from weft.daemons.compositor.loop import Timer
+
+if TYPE_CHECKING:
+    from weft.daemons.compositor.standby import StandbyAppShell
 
 log = logging.getLogger("weft.compositor")
 
@@ -43,17 +47,23 @@ def child_environment(base: Mapping[str, str], wayland_display: str) -> dict[str
     return env
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], stdin_line: str | None = None) -> subprocess.Popen[bytes]:
+def spawn(argv: Sequence[str], env: Mapping[str, str], *, stdin_pipe: bool = False) -> subprocess.Popen[bytes]:
+    """Start a child; with `stdin_pipe` its stdin is a pipe that `hand_line` writes to once."""
     log.debug("+ %s", shlex.join(argv))
-    process = subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.PIPE if stdin_line is not None else
-                               subprocess.DEVNULL, preexec_fn=_in_child, close_fds=True)
-    if stdin_line is not None and process.stdin is not None:
-        try:
-            process.stdin.write(stdin_line.encode() + b"\n")
-            process.stdin.close()
-        except OSError as exc:  # it died at once: its exit is reaped like any other
-            log.warning("cannot hand the session token to %s: %s", argv[0], exc)
-    return process
+    return subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                            preexec_fn=_in_child, close_fds=True)
+
+
+def hand_line(process: subprocess.Popen[bytes], line: str) -> bool:
+    """Write one line to the child's stdin pipe and close it; False if the child is gone."""
+    assert process.stdin is not None
+    try:
+        process.stdin.write(line.encode() + b"\n")
+        process.stdin.close()
+    except OSError as exc:  # it died: its exit is reaped like any other
+        log.warning("cannot write to pid %d: %s", process.pid, exc.strerror or exc)
+        return False
+    return True
 
 
 class ShellSupervisor:
@@ -130,14 +140,16 @@ class AppShell:
 
 
 class AppShells:
-    """One app shell process per session: `CMD <app_id> <session_id>`, the token on stdin."""
+    """One app shell process per session: `CMD <app_id> <session_id>`, the token on stdin; or,
+    with a `standby`, the app shell started ahead, handed `<app_id> <session_id> <token>`."""
 
     def __init__(self, loop: EventLoop, argv: Sequence[str], env: Callable[[], Mapping[str, str]],
-                 exited: Callable[[int], None]) -> None:
+                 exited: Callable[[int], None], standby: StandbyAppShell | None = None) -> None:
         self.argv = list(argv)
         self._loop = loop
         self._env = env
         self._exited = exited
+        self.standby = standby
         self.by_session: dict[int, AppShell] = {}
         self._retired: list[AppShell] = []  # of a lost appd connection: terminated, reaped silently
 
@@ -155,12 +167,18 @@ class AppShells:
         if not self.argv:
             log.warning("no --app-shell given: session %d of %s gets no window", session_id, app_id)
             return
+        process = self.standby.take(app_id, session_id, token) if self.standby is not None else None
+        if process is not None:
+            self.by_session[session_id] = AppShell(session_id, app_id, process)
+            log.info("app shell for session %d (%s): the standby one, pid %d", session_id, app_id, process.pid)
+            return
         try:
-            process = spawn([*self.argv, app_id, str(session_id)], self._env(), stdin_line=token)
+            process = spawn([*self.argv, app_id, str(session_id)], self._env(), stdin_pipe=True)
         except OSError as exc:
             log.error("cannot start the app shell %s: %s", self.argv[0], exc.strerror or exc)
             self._exited(session_id)
             return
+        hand_line(process, token)
         self.by_session[session_id] = AppShell(session_id, app_id, process)
         log.info("app shell for session %d (%s) started, pid %d", session_id, app_id, process.pid)
 
@@ -181,6 +199,8 @@ class AppShells:
         self._retired.append(shell)
 
     def reap(self) -> None:
+        if self.standby is not None:
+            self.standby.reap()
         for shell in [s for s in self._retired if s.process.poll() is not None]:
             self._retired.remove(shell)
             if shell.kill_timer is not None:
@@ -196,6 +216,8 @@ class AppShells:
             self._exited(session_id)
 
     def stop_all(self) -> None:
+        if self.standby is not None:
+            self.standby.stop()
         for shell in [*self.by_session.values(), *self._retired]:
             if shell.process.poll() is None:
                 shell.process.terminate()

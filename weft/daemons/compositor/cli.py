@@ -47,6 +47,9 @@ def parse_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None
                         help="the system shell (its windows are the panel); restarted with back-off")
     parser.add_argument("--app-shell", type=_command, default=(), metavar="CMD",
                         help="run as `CMD <app_id> <session_id>` for each session appd announces")
+    parser.add_argument("--app-shell-standby", action="store_true",
+                        help="keep one `CMD --standby` started ahead: a launch hands it `<app_id> <session_id> "
+                             "<token>` on stdin instead of starting a process")
     parser.add_argument("--ipc-socket", type=Path, metavar="PATH",
                         help="the socket appd connects to (default $XDG_RUNTIME_DIR/weft/compositor.sock)")
     parser.add_argument("--appd-cgroup", metavar="PATH", default=settings.APPD_CGROUP.read(env),
@@ -56,6 +59,8 @@ def parse_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None
                              "then inject input)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.app_shell_standby and not args.app_shell:
+        parser.error("--app-shell-standby needs --app-shell CMD")
     ipc_socket = args.ipc_socket
     if ipc_socket is None:
         runtime = settings.XDG_RUNTIME_DIR.read(env)
@@ -63,6 +68,7 @@ def parse_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None
             raise UsageError("XDG_RUNTIME_DIR is not set: give --ipc-socket PATH")
         ipc_socket = runtime / "weft" / "compositor.sock"
     return CompositorConfig(backend=args.backend, size=args.size, shell=args.shell, app_shell=args.app_shell,
+                            app_shell_standby=args.app_shell_standby,
                             ipc_socket=ipc_socket, appd_cgroup=args.appd_cgroup or None,
                             test_input=args.test_input, debug=args.debug)
 

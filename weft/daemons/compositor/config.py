@@ -18,6 +18,7 @@ class CompositorConfig:
     size: tuple[int, int]
     shell: tuple[str, ...]
     app_shell: tuple[str, ...]
+    app_shell_standby: bool  # keep one `app_shell --standby` started ahead (standby.py)
     ipc_socket: Path
     appd_cgroup: str | None
     test_input: bool

@@ -32,6 +32,7 @@ from weft.daemons.compositor.ipc import AppdServer, bind_listener
 from weft.daemons.compositor.layout import Rect
 from weft.daemons.compositor.loop import connect, guarded
 from weft.daemons.compositor.shell_protocol import Role, ShellProtocol
+from weft.daemons.compositor.standby import AFTER_MAPPED_S, AFTER_PANEL_S, StandbyAppShell
 from weft.daemons.compositor.windows import WindowManager
 from weft.daemons.protocol import (
     AppFocusRequest,
@@ -82,12 +83,14 @@ class Compositor:
         self.socket_name = ""  # set by run(): add_socket comes after the globals
         env = lambda: child_environment(os.environ, self.socket_name)  # noqa: E731 - read at spawn time
         self.shell = ShellSupervisor(self.loop, config.shell, env, self._give_up) if config.shell else None
-        self.app_shells = AppShells(self.loop, config.app_shell, env, self._app_shell_exited)
+        self.standby = StandbyAppShell(self.loop, config.app_shell, env) if config.app_shell_standby else None
+        self.app_shells = AppShells(self.loop, config.app_shell, env, self._app_shell_exited, self.standby)
         self.windows = WindowManager(self.loop, self.scene, self.seat, self.role_of_pid, self.output_rect,
                                      self._surface_ready, self._window_closed, self.app_shells.terminate)
         self.shell_protocol = ShellProtocol(self.display, self.role_of_pid, self.windows.rect_for,
                                             self.windows.is_focused)
         self.windows.shell_protocol = self.shell_protocol
+        self.windows.panel_mapped = self._panel_mapped
         self.input = Input(self.display, self.layout, self.seat, self.windows,
                            self.shell_protocol.navigation_gesture)
         self._closed_reported: set[int] = set()
@@ -207,7 +210,13 @@ class Compositor:
         self._closed_reported.clear()
         self._closing_by_appd.clear()
 
+    def _panel_mapped(self) -> None:
+        if self.standby is not None:
+            self.standby.start_in(AFTER_PANEL_S)
+
     def _surface_ready(self, session_id: int) -> None:
+        if self.standby is not None:
+            self.standby.start_in(AFTER_MAPPED_S)
         if self.appd is not None:
             self.appd.send(SurfaceReady(session_id=session_id))
 
@@ -255,6 +264,8 @@ class Compositor:
                                guarded(self._from_appd), guarded(self._appd_lost))
         if self.shell is not None:
             self.shell.start()
+        elif self.standby is not None:
+            self.standby.start_in(AFTER_MAPPED_S)
         sd_notify(f"READY=1\nSTATUS=WAYLAND_DISPLAY={self.socket_name}")
         log.info("WAYLAND_DISPLAY=%s; IPC socket %s", self.socket_name, self.config.ipc_socket)
         print(f"WAYLAND_DISPLAY={self.socket_name}", file=sys.stdout, flush=True)

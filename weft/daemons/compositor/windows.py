@@ -55,6 +55,7 @@ class WindowManager:
         self._window_closed = window_closed
         self._terminate_app_shell = terminate_app_shell
         self.shell_protocol: ShellProtocol | None = None
+        self.panel_mapped: Callable[[], None] = lambda: None
         self.panel: View | None = None
         self.apps: list[View] = []  # stacking order, bottom → top
         self.focused: View | None = None
@@ -166,6 +167,7 @@ class WindowManager:
             view.node.lower_to_bottom()
             if self.focused is None:
                 self.focus(view)
+            self.panel_mapped()
             return
         session_id = view.role.session_id
         if session_id is not None and session_id not in self._ready_sent:
