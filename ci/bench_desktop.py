@@ -12,8 +12,10 @@ Two parts (progress on stderr):
   `session N: window mapped`), `--launches` times after one warm-up, each session closed before
   the next. frame_ms: with 5 counter windows open and the top one repainting (20 increments/s),
   the compositor's render time per frame (its SIGUSR1 `frame time` report). rss_mb: resident
-  memory of the compositor, the shell (with its WebKit processes) and one app shell (with its
-  WebKit processes), with one app open.
+  memory of the compositor, the shell (with its WebKit processes), one app shell (with its
+  WebKit processes) and the standby app shell kept started for the next launch, with one app open.
+  The compositor runs as the image's unit does, with --app-shell-standby: a launch hands its
+  session to the app shell started ahead (1 s between launches, as between clicks).
 - VM (unless --no-vm): boots the test image (`weft image build --profile test` first) and reads
   the screen with OCR: boot_to_ui_s is QEMU start -> "Counter" read from the launcher;
   click_to_window_s is the click on Counter -> the app's "Reset" button read on the screen
@@ -55,6 +57,7 @@ from weft.vm.run import accel_cache_file  # noqa: E402
 COUNTER = "org.weft.demo.counter"
 SIZE = "1280x800"
 MAPPED = re.compile(r"session (\d+): window mapped")
+STANDBY_STARTED = re.compile(r"standby app shell started: .* \(pid (\d+)\)")
 FRAME_TIME = re.compile(r"frame time: p50 ([\d.]+) ms p95 ([\d.]+) ms max [\d.]+ ms over (\d+) frames, windows (\d+)")
 TARGETS = {"boot_to_ui_s": 75, "launch_to_mapped_p50_ms": 400, "frame_p50_ms": 16, "image_zst_mb": 350}
 VENV_BIN = Path(sys.executable).parent
@@ -171,25 +174,22 @@ async def _host_measure(url: str, appd_log: LogWatch, compositor: subprocess.Pop
             progress(f"launch {round_number}: mapped after {(mapped_at - started) * 1000:.0f} ms")
             if round_number < launches:
                 await _terminate(control, sid)
-        # `sid` stays open: one app shell for the RSS figure (the closed sessions' shells may
-        # still be on their way out: their windows got xdg close, then SIGTERM after 3 s).
-        def app_shell_pids() -> list[int]:
-            return [p for p in _descendants(compositor.pid)[1:] if "weft-app-shell" in _cmdline(p)
-                    or "weft.daemons.app_shell" in _cmdline(p)]
+        # `sid` stays open: its app shell (pid from the compositor's log) for the RSS figure, and
+        # the standby app shell started ahead for the next launch, which costs memory too.
+        def logged_pids(pattern: str) -> list[int]:
+            return [int(m.group(1)) for _, line in list(comp_log.lines) if (m := re.search(pattern, line))]
 
-        deadline = time.monotonic() + 15
-        while len(app_shells := app_shell_pids()) != 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-        if len(app_shells) != 1:
-            raise SystemExit(f"error: expected one app shell process, found {[_cmdline(p) for p in app_shells]}")
+        app_shell = logged_pids(rf"app shell for session {sid} \(.*\)(?: started|: the standby one), pid (\d+)")[-1]
+        _, standby_line = await asyncio.to_thread(comp_log.wait_for, STANDBY_STARTED, 30, mapped_at)
+        standby = int(standby_line.group(1))
         shells = [p for p in _descendants(compositor.pid)[1:] if "weft-shell" in _cmdline(p)
                   or "weft.daemons.shell" in _cmdline(p)]
         if len(shells) != 1:
             raise SystemExit(f"error: expected one shell process, found {shells}")
-        app_mb, shell_mb = _rss_mb(_descendants(app_shells[0])), _rss_mb(_descendants(shells[0]))
-        compositor_mb = _rss_mb([compositor.pid])
-        rss = {"compositor": compositor_mb, "shell": shell_mb, "app_shell": app_mb,
-               "total": round(compositor_mb + shell_mb + app_mb, 1)}
+        app_mb, shell_mb = _rss_mb(_descendants(app_shell)), _rss_mb(_descendants(shells[0]))
+        standby_mb, compositor_mb = _rss_mb(_descendants(standby)), _rss_mb([compositor.pid])
+        rss = {"compositor": compositor_mb, "shell": shell_mb, "app_shell": app_mb, "standby_app_shell": standby_mb,
+               "total": round(compositor_mb + shell_mb + app_mb + standby_mb, 1)}
 
         # Five windows, the top one repainting.
         open_sessions = [sid]
@@ -241,7 +241,7 @@ def host_part(launches: int, logs: Path) -> dict[str, Any]:
         comp_socket = comp_rt / "compositor.sock"
         compositor = subprocess.Popen(
             [VENV_BIN / "weft-compositor", "--backend", "headless", "--size", SIZE, "--ipc-socket", comp_socket,
-             "--shell", "weft-shell", "--app-shell", "weft-app-shell"],
+             "--shell", "weft-shell", "--app-shell", "weft-app-shell", "--app-shell-standby"],
             env={**common, "XDG_RUNTIME_DIR": str(comp_rt), "WEFT_APPD_RUNTIME_DIR": str(appd_rt),
                  "WLR_RENDERER": "pixman", "WEBKIT_DISABLE_COMPOSITING_MODE": "1"},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
