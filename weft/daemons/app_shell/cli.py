@@ -85,6 +85,7 @@ def main_args(argv: Sequence[str]) -> int:
         daemon_logging("weft-app-shell[standby]", args.debug)
         from weft.daemons.webshell import webkit  # GTK starts here
 
+        log.info("ready: waiting for <app_id> <session_id> <token> on stdin")
         line = webkit.read_line_while_serving(sys.stdin.fileno(), MAX_LINE)
         if not line:
             log.info("stdin closed before a session came: exiting")
