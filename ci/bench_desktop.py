@@ -184,6 +184,7 @@ async def _host_measure(url: str, appd_log: LogWatch, compositor: subprocess.Pop
         def logged_pids(pattern: str) -> list[int]:
             return [int(m.group(1)) for _, line in list(comp_log.lines) if (m := re.search(pattern, line))]
 
+        await asyncio.sleep(5)  # the page is loaded: its web process has grown to its working size
         app_shell = logged_pids(rf"app shell for session {sid} \(.*\)(?: started|: the standby one), pid (\d+)")[-1]
         standby_mb = 0.0
         if standby:
