@@ -47,9 +47,7 @@ class StandbyAppShell:
         if self.process is None and self.enabled:
             self._timer.start(seconds)
 
-    def _start(self) -> None:
-        if self.process is not None or not self.enabled:
-            return
+    def _start(self) -> None:  # armed only by start_in, which checks that none runs and standbys are on
         try:
             self.process = spawn(self.argv, self._env(), stdin_pipe=True)
         except OSError as exc:
